@@ -49,7 +49,7 @@ func ownServers(ctx context.Context, _ *testenv.Env) error {
 func variable(t *testing.T, db *sql.DB, name string) string {
 	t.Helper()
 	var n, v string
-	require.NoError(t, db.QueryRow("SHOW GLOBAL VARIABLES LIKE '" + name + "'").Scan(&n, &v))
+	require.NoError(t, db.QueryRow("SHOW GLOBAL VARIABLES LIKE '"+name+"'").Scan(&n, &v))
 	return v
 }
 
