@@ -287,6 +287,7 @@ func TestMutualExclusionGoroutines(t *testing.T) {
 
 func TestRedisRestartWhileHeld(t *testing.T) {
 	_, srv := env.Faults(t)
+	t.Cleanup(func() { _ = srv.Start() }) // a failed test leaves Redis running for the next
 	ctx := context.Background()
 	rdb := env.RedisClient(t)
 	key := env.Prefix(t) + "lock"

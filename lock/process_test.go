@@ -316,7 +316,9 @@ func TestLeaderPauseIsFenced(t *testing.T) {
 	next := el.next("leader", old.proc, &seen)
 	assert.Greater(t, next.epoch, old.epoch, "the new leadership has a higher epoch")
 	rdb := env.RedisClient(t)
-	waitFor(t, func() bool { return rdb.Get(context.Background(), key+":fence").Val() == strconv.FormatUint(next.epoch, 10) })
+	waitFor(t, func() bool {
+		return rdb.Get(context.Background(), key+":fence").Val() == strconv.FormatUint(next.epoch, 10)
+	})
 	require.NoError(t, p.Signal(syscall.SIGCONT))
 	resumed := time.Now()
 	lost := el.next("lost", -1, &seen)
