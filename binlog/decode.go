@@ -1,0 +1,442 @@
+package binlog
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+)
+
+// binaryCollation is the collation id of binary strings (BINARY, VARBINARY, BLOB).
+const binaryCollation = 63
+
+// decoder maps row events to Rows. Column names come from the table map
+// (binlog_row_metadata=FULL) or, where the server does not log them, from
+// information_schema, checked against each table map: a table whose
+// mapping cannot be confirmed becomes a table-wide change, never a row
+// with the wrong column names.
+type decoder struct {
+	schema  *schemaCache // nil when the server logs full metadata and none is missing
+	include func(schema, table string) bool
+	tables  map[uint64]*tableInfo // by table id
+}
+
+// tableInfo is what the decoder knows about one table map.
+type tableInfo struct {
+	tm            *replication.TableMapEvent
+	schema, table string
+	skip          bool     // excluded by Options.Include
+	names         []string // nil when the mapping is unknown
+	pk            []string
+	cols          []column
+}
+
+type colKind uint8
+
+const (
+	kAsIs colKind = iota
+	kInt
+	kFloat
+	kDateTime
+	kDate
+	kText
+	kBinary
+	kEnum
+	kSet
+	kBit
+)
+
+type column struct {
+	kind     colKind
+	typ      byte     // the real column type
+	signed2u bool     // decoded as signed, but the column is unsigned
+	padTo    int      // BINARY(n): the log drops trailing zero bytes that SELECT returns
+	values   []string // ENUM and SET names
+}
+
+func newDecoder(schema *schemaCache, include func(schema, table string) bool) *decoder {
+	return &decoder{schema: schema, include: include, tables: make(map[uint64]*tableInfo)}
+}
+
+// forget drops what is known about the tables of changes, so that the
+// next table map is checked afresh.
+func (d *decoder) forget(changes []TableChange) {
+	for _, c := range changes {
+		for id, ti := range d.tables {
+			if c.Schema == "" || (ti.schema == c.Schema && (c.Table == "" || ti.table == c.Table)) {
+				delete(d.tables, id)
+			}
+		}
+		if d.schema != nil {
+			d.schema.forget(c.Schema, c.Table)
+		}
+	}
+}
+
+// rows decodes e. It returns the rows, or a table-wide change when the
+// columns of the table cannot be named with confidence.
+func (d *decoder) rows(ctx context.Context, e *replication.RowsEvent) ([]Row, *TableChange, error) {
+	ti, err := d.table(ctx, e.Table)
+	if err != nil || ti.skip {
+		return nil, nil, err
+	}
+	if ti.names == nil {
+		return nil, &TableChange{Schema: ti.schema, Table: ti.table, Kind: Unknown}, nil
+	}
+	var op Op
+	switch e.Type() {
+	case replication.EnumRowsEventTypeInsert:
+		op = Insert
+	case replication.EnumRowsEventTypeUpdate:
+		op = Update
+	case replication.EnumRowsEventTypeDelete:
+		op = Delete
+	default:
+		return nil, &TableChange{Schema: ti.schema, Table: ti.table, Kind: Unknown}, nil
+	}
+	step := 1
+	if op == Update {
+		step = 2
+	}
+	out := make([]Row, 0, len(e.Rows)/step)
+	for i := 0; i+step <= len(e.Rows); i += step {
+		r := Row{Schema: ti.schema, Table: ti.table, Op: op, PrimaryKey: ti.pk}
+		img := ti.image(e.Rows[i], skipped(e, i))
+		switch op {
+		case Insert:
+			r.After = img
+		case Delete:
+			r.Before = img
+		case Update:
+			r.Before = img
+			r.After = ti.image(e.Rows[i+1], skipped(e, i+1))
+		}
+		out = append(out, r)
+	}
+	return out, nil, nil
+}
+
+func skipped(e *replication.RowsEvent, i int) []int {
+	if i < len(e.SkippedColumns) {
+		return e.SkippedColumns[i]
+	}
+	return nil
+}
+
+func (ti *tableInfo) image(row []any, skip []int) map[string]any {
+	m := make(map[string]any, len(row))
+	for i, v := range row {
+		if len(skip) > 0 && slices.Contains(skip, i) {
+			continue
+		}
+		m[ti.names[i]] = ti.cols[i].value(v)
+	}
+	return m
+}
+
+// table returns the table info for tm, reusing the last one for the same
+// table id when the table map is the same.
+func (d *decoder) table(ctx context.Context, tm *replication.TableMapEvent) (*tableInfo, error) {
+	if ti := d.tables[tm.TableID]; ti != nil && (ti.tm == tm || sameTableMap(ti.tm, tm)) {
+		ti.tm = tm
+		return ti, nil
+	}
+	ti := &tableInfo{tm: tm, schema: string(tm.Schema), table: string(tm.Table)}
+	ti.skip = !d.include(ti.schema, ti.table)
+	if !ti.skip {
+		if err := d.describe(ctx, ti); err != nil {
+			return nil, err
+		}
+	}
+	d.tables[tm.TableID] = ti
+	return ti, nil
+}
+
+func sameTableMap(a, b *replication.TableMapEvent) bool {
+	if !bytes.Equal(a.Schema, b.Schema) || !bytes.Equal(a.Table, b.Table) || a.ColumnCount != b.ColumnCount ||
+		!bytes.Equal(a.ColumnType, b.ColumnType) || !slices.Equal(a.ColumnMeta, b.ColumnMeta) ||
+		!bytes.Equal(a.SignednessBitmap, b.SignednessBitmap) || !slices.Equal(a.DefaultCharset, b.DefaultCharset) ||
+		!slices.Equal(a.ColumnCharset, b.ColumnCharset) || !slices.Equal(a.PrimaryKey, b.PrimaryKey) ||
+		len(a.ColumnName) != len(b.ColumnName) || len(a.EnumStrValue) != len(b.EnumStrValue) ||
+		len(a.SetStrValue) != len(b.SetStrValue) {
+		return false
+	}
+	for i := range a.ColumnName {
+		if !bytes.Equal(a.ColumnName[i], b.ColumnName[i]) {
+			return false
+		}
+	}
+	return sameStrValues(a.EnumStrValue, b.EnumStrValue) && sameStrValues(a.SetStrValue, b.SetStrValue)
+}
+
+func sameStrValues(a, b [][][]byte) bool {
+	for i := range a {
+		if len(a[i]) != len(b[i]) {
+			return false
+		}
+		for j := range a[i] {
+			if !bytes.Equal(a[i][j], b[i][j]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// describe fills in names, primary key and column conversions. Where the
+// table map lacks something it asks information_schema, and leaves names
+// nil when the answer does not match the table map.
+func (d *decoder) describe(ctx context.Context, ti *tableInfo) error {
+	tm := ti.tm
+	n := int(tm.ColumnCount)
+	var st *schemaTable
+	needSchema := len(tm.ColumnName) != n
+	for i := range n {
+		switch kindOf(realType(tm, i)) {
+		case kInt:
+			needSchema = needSchema || len(tm.SignednessBitmap) == 0
+		case kText:
+			needSchema = needSchema || (len(tm.DefaultCharset) == 0 && len(tm.ColumnCharset) == 0)
+		case kEnum, kSet:
+			needSchema = needSchema || (len(tm.EnumStrValue) == 0 && len(tm.SetStrValue) == 0)
+		}
+	}
+	if needSchema && d.schema != nil {
+		var err error
+		if st, err = d.schema.matching(ctx, tm); err != nil {
+			return err
+		}
+	}
+	ti.cols = make([]column, n)
+	unsigned := tm.UnsignedMap()
+	collation := tm.CollationMap()
+	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
+	for i := range n {
+		c := column{typ: realType(tm, i)}
+		var sc *schemaCol
+		if st != nil {
+			sc = &st.cols[i]
+		}
+		c.kind = kindOf(c.typ)
+		switch c.kind {
+		case kInt:
+			c.signed2u = unsigned == nil && sc != nil && sc.unsigned
+		case kText:
+			if coll, ok := collation[i]; ok {
+				if coll == binaryCollation {
+					c.kind = kBinary
+				}
+			} else if sc != nil && sc.binary {
+				c.kind = kBinary
+			}
+		case kEnum:
+			c.values = enums[i]
+			if c.values == nil && sc != nil {
+				c.values = sc.values
+			}
+		case kSet:
+			c.values = sets[i]
+			if c.values == nil && sc != nil {
+				c.values = sc.values
+			}
+		}
+		if c.kind == kBinary && c.typ == mysql.MYSQL_TYPE_STRING {
+			c.padTo = fixedLength(tm.ColumnMeta[i])
+		}
+		ti.cols[i] = c
+	}
+	switch {
+	case len(tm.ColumnName) == n:
+		ti.names = tm.ColumnNameString()
+		for _, k := range tm.PrimaryKey {
+			if int(k) < n {
+				ti.pk = append(ti.pk, ti.names[k])
+			}
+		}
+	case st != nil:
+		ti.names = make([]string, n)
+		for i := range st.cols {
+			ti.names[i] = st.cols[i].name
+		}
+		ti.pk = st.pk
+	}
+	return nil
+}
+
+// realType is the column type with ENUM and SET told apart from CHAR.
+func realType(tm *replication.TableMapEvent, i int) byte {
+	t := tm.ColumnType[i]
+	if t == mysql.MYSQL_TYPE_STRING {
+		if rt := byte(tm.ColumnMeta[i] >> 8); rt == mysql.MYSQL_TYPE_ENUM || rt == mysql.MYSQL_TYPE_SET {
+			return rt
+		}
+	}
+	return t
+}
+
+func kindOf(t byte) colKind {
+	switch t {
+	case mysql.MYSQL_TYPE_TINY, mysql.MYSQL_TYPE_SHORT, mysql.MYSQL_TYPE_INT24, mysql.MYSQL_TYPE_LONG,
+		mysql.MYSQL_TYPE_LONGLONG, mysql.MYSQL_TYPE_YEAR:
+		return kInt
+	case mysql.MYSQL_TYPE_FLOAT, mysql.MYSQL_TYPE_DOUBLE:
+		return kFloat
+	case mysql.MYSQL_TYPE_DATETIME, mysql.MYSQL_TYPE_DATETIME2, mysql.MYSQL_TYPE_TIMESTAMP, mysql.MYSQL_TYPE_TIMESTAMP2:
+		return kDateTime
+	case mysql.MYSQL_TYPE_DATE, mysql.MYSQL_TYPE_NEWDATE:
+		return kDate
+	case mysql.MYSQL_TYPE_STRING, mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING, mysql.MYSQL_TYPE_BLOB,
+		mysql.MYSQL_TYPE_TINY_BLOB, mysql.MYSQL_TYPE_MEDIUM_BLOB, mysql.MYSQL_TYPE_LONG_BLOB, mysql.MYSQL_TYPE_JSON:
+		return kText
+	case mysql.MYSQL_TYPE_GEOMETRY, mysql.MYSQL_TYPE_VECTOR:
+		return kBinary
+	case mysql.MYSQL_TYPE_ENUM:
+		return kEnum
+	case mysql.MYSQL_TYPE_SET:
+		return kSet
+	case mysql.MYSQL_TYPE_BIT:
+		return kBit
+	}
+	return kAsIs // DECIMAL and TIME arrive as strings already
+}
+
+// value converts one decoded value to the documented Go type.
+func (c *column) value(v any) any {
+	if v == nil {
+		return nil
+	}
+	switch c.kind {
+	case kInt:
+		return c.integer(v)
+	case kFloat:
+		if f, ok := v.(float32); ok {
+			// The shortest decimal that reads back as the float32: 0.1, not 0.10000000149.
+			d, _ := strconv.ParseFloat(strconv.FormatFloat(float64(f), 'g', -1, 32), 64)
+			return d
+		}
+	case kDateTime, kDate:
+		switch x := v.(type) {
+		case time.Time:
+			return x.UTC()
+		case string:
+			return parseTime(x)
+		}
+	case kText:
+		if b, ok := v.([]byte); ok {
+			return string(b)
+		}
+	case kBinary:
+		switch x := v.(type) {
+		case []byte:
+			return c.pad(x) // a copy: do not pin the whole event
+		case string:
+			return c.pad([]byte(x))
+		}
+	case kEnum:
+		if i, ok := v.(int64); ok && c.values != nil {
+			if i >= 1 && int(i) <= len(c.values) {
+				return c.values[i-1]
+			}
+			return "" // 0 is the empty string MySQL stores for an invalid value
+		}
+	case kSet:
+		if i, ok := v.(int64); ok && c.values != nil {
+			var parts []string
+			for b, name := range c.values {
+				if i&(1<<uint(b)) != 0 {
+					parts = append(parts, name)
+				}
+			}
+			return strings.Join(parts, ",")
+		}
+		if i, ok := v.(int64); ok {
+			return uint64(i)
+		}
+	case kBit:
+		if i, ok := v.(int64); ok {
+			return uint64(i)
+		}
+	}
+	return v
+}
+
+func (c *column) integer(v any) any {
+	if c.signed2u {
+		// The table map carried no signedness; the schema says unsigned.
+		switch x := v.(type) {
+		case int8:
+			return uint64(uint8(x))
+		case int16:
+			return uint64(uint16(x))
+		case int32:
+			if c.typ == mysql.MYSQL_TYPE_INT24 {
+				return uint64(uint32(x) & 0xFFFFFF)
+			}
+			return uint64(uint32(x))
+		case int64:
+			return uint64(x)
+		}
+	}
+	switch x := v.(type) {
+	case int64, uint64:
+		return v
+	case int8:
+		return int64(x)
+	case int16:
+		return int64(x)
+	case int32:
+		return int64(x)
+	case int:
+		return int64(x)
+	case uint8:
+		return uint64(x)
+	case uint16:
+		return uint64(x)
+	case uint32:
+		return uint64(x)
+	}
+	return v
+}
+
+// parseTime reads a DATETIME, TIMESTAMP or DATE that the decoder left as
+// text: a zero date becomes the zero time.Time, a valid one a time.Time in
+// UTC, and an invalid one (month or day 0) stays text.
+func parseTime(s string) any {
+	if strings.HasPrefix(s, "0000-00-00") && strings.Trim(s, "0-:. ") == "" {
+		return time.Time{}
+	}
+	layout := "2006-01-02 15:04:05.999999"
+	if len(s) == len("2006-01-02") {
+		layout = "2006-01-02"
+	}
+	t, err := time.ParseInLocation(layout, s, time.UTC)
+	if err != nil {
+		return s
+	}
+	return t
+}
+
+// pad returns a copy of b, padded with zero bytes to a BINARY(n) length.
+func (c *column) pad(b []byte) []byte {
+	out := make([]byte, max(len(b), c.padTo))
+	copy(out, b)
+	return out
+}
+
+// fixedLength is the byte length of a CHAR or BINARY column from its
+// table map metadata (the encoding of Field_string::save_field_metadata).
+func fixedLength(meta uint16) int {
+	if meta < 256 {
+		return int(meta)
+	}
+	b0, b1 := byte(meta>>8), byte(meta)
+	if b0&0x30 != 0x30 {
+		return int(uint16(b1) | uint16((b0&0x30)^0x30)<<4)
+	}
+	return int(b1)
+}

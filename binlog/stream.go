@@ -1,0 +1,461 @@
+package binlog
+
+import (
+	"context"
+	"crypto/tls"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+	mysqldrv "github.com/go-sql-driver/mysql"
+)
+
+var (
+	// ErrPositionLost means the server no longer has the binary log at the
+	// requested position: it was purged, or the position (or GTID) is not
+	// one the server knows. Changes since then cannot be read; a cache fed
+	// by the stream must be flushed and the stream started afresh.
+	ErrPositionLost = errors.New("binlog: position lost: the server's binary log no longer has it (purged or unknown)")
+	// ErrStaleEpoch is returned by CheckpointStore.Save when a newer epoch
+	// has already saved a checkpoint: the caller is no longer the leader.
+	ErrStaleEpoch = errors.New("binlog: checkpoint refused: a newer epoch has saved")
+	// ErrPreflight matches every *PreflightError: the server or the user is
+	// not set up for streaming.
+	ErrPreflight = errors.New("binlog: server not set up for row-based streaming")
+)
+
+// The server flavors.
+const (
+	FlavorMariaDB = "mariadb"
+	FlavorMySQL   = "mysql"
+)
+
+// Config says how to reach the server. Its String, GoString and LogValue
+// methods leave out the password, so printing or logging a Config is safe.
+type Config struct {
+	// Addr is host:port.
+	Addr string
+	// User and Password are the replication user's credentials. The user
+	// needs REPLICATION SLAVE and REPLICATION CLIENT on *.*, and SELECT
+	// when the server logs minimal row metadata:
+	//
+	//	CREATE USER 'cacheaside'@'%' IDENTIFIED BY '...';
+	//	GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'cacheaside'@'%';
+	User, Password string
+	// TLS, when set, encrypts both the replication connection and the
+	// connection used for checks and schema lookups.
+	TLS *tls.Config
+	// ServerID identifies this stream to the server as a replica. It must be
+	// non-zero and differ from every server's and replica's id; two streams
+	// with the same id push each other off.
+	ServerID uint32
+	// Flavor is FlavorMariaDB or FlavorMySQL; "" detects it from the server.
+	Flavor string
+}
+
+// String describes c without the password.
+func (c Config) String() string {
+	return fmt.Sprintf("binlog.Config{Addr: %q, User: %q, Password: %s, TLS: %t, ServerID: %d, Flavor: %q}",
+		c.Addr, c.User, redactedPassword(c.Password), c.TLS != nil, c.ServerID, c.Flavor)
+}
+
+// GoString is String, so that %#v leaves out the password too.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue leaves out the password in structured logs.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("addr", c.Addr), slog.String("user", c.User),
+		slog.Bool("tls", c.TLS != nil), slog.Uint64("server_id", uint64(c.ServerID)), slog.String("flavor", c.Flavor))
+}
+
+func redactedPassword(p string) string {
+	if p == "" {
+		return `""`
+	}
+	return "[redacted]"
+}
+
+// ConfigFromDSN reads Addr, User, Password and TLS from a go-sql-driver
+// DSN such as "user:pass@tcp(db:3306)/?tls=true". ServerID must still be set.
+func ConfigFromDSN(dsn string) (Config, error) {
+	c, err := mysqldrv.ParseDSN(dsn)
+	if err != nil {
+		return Config{}, errors.New("binlog: the DSN does not parse (check its user:password@tcp(host:port)/ form)")
+	}
+	return Config{Addr: c.Addr, User: c.User, Password: c.Passwd, TLS: c.TLS}, nil
+}
+
+// Options tunes a Stream. The zero value and nil mean the defaults.
+type Options struct {
+	// Logger receives reconnects, warnings and preflight notes. Default: discard.
+	Logger *slog.Logger
+	// MaxTxRows bounds the rows held in memory for one transaction; a larger
+	// one is delivered in parts (Tx.More). Default: 10000.
+	MaxTxRows int
+	// HeartbeatPeriod asks the server for a heartbeat when the log is idle.
+	// Default: 1s.
+	HeartbeatPeriod time.Duration
+	// ReadTimeout is how long a connection may stay silent before it is
+	// treated as dead and replaced. Default: 3 × HeartbeatPeriod.
+	ReadTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
+	// reconnects. Default: 100ms and 5s.
+	MinBackoff, MaxBackoff time.Duration
+	// Include reports whether rows and changes of a table are delivered;
+	// table is "" for a change to a whole schema. Changes to the whole
+	// server are always delivered. Default: every table.
+	Include func(schema, table string) bool
+}
+
+// Stream reads committed transactions from a server's binary log. It holds
+// only configuration: each Run opens its own connections and closes them
+// before it returns.
+type Stream struct {
+	cfg  Config
+	opts Options
+	host string
+	port uint16
+}
+
+// New checks cfg and returns a Stream. It does no I/O.
+func New(cfg Config, opts *Options) (*Stream, error) {
+	s := &Stream{cfg: cfg}
+	if opts != nil {
+		s.opts = *opts
+	}
+	if cfg.ServerID == 0 {
+		return nil, errors.New("binlog: Config.ServerID is 0; set an id that no server or replica uses")
+	}
+	if cfg.Flavor != "" && cfg.Flavor != FlavorMariaDB && cfg.Flavor != FlavorMySQL {
+		return nil, fmt.Errorf("binlog: Config.Flavor %q: use %q, %q or \"\"", cfg.Flavor, FlavorMariaDB, FlavorMySQL)
+	}
+	host, port, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		host, port = cfg.Addr, "3306"
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || host == "" {
+		return nil, fmt.Errorf("binlog: Config.Addr %q: want host:port", cfg.Addr)
+	}
+	s.host, s.port = host, uint16(p)
+	o := &s.opts
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxTxRows <= 0 {
+		o.MaxTxRows = 10000
+	}
+	if o.HeartbeatPeriod <= 0 {
+		o.HeartbeatPeriod = time.Second
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 3 * o.HeartbeatPeriod
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
+	}
+	if o.Include == nil {
+		o.Include = func(string, string) bool { return true }
+	}
+	return s, nil
+}
+
+// handlerError carries the handler's own error through the stream.
+type handlerError struct{ err error }
+
+func (e handlerError) Error() string { return e.err.Error() }
+
+// Run streams committed transactions from from (the server's current
+// position when from.IsZero()) to h until ctx ends, reconnecting by itself
+// from the last transaction h accepted. It returns nil after ctx is
+// cancelled, h's error if h fails, ErrPositionLost (wrapped) when the
+// server no longer has the log at the position, joined *PreflightError
+// values when the server is not set up for streaming, and other errors
+// that a reconnect cannot fix. No goroutine outlives Run.
+func (s *Stream) Run(ctx context.Context, from Position, h Handler) error {
+	err := s.run(ctx, from, h)
+	if ctx.Err() != nil {
+		return nil
+	}
+	var he handlerError
+	if errors.As(err, &he) {
+		return he.err
+	}
+	return s.redact(err)
+}
+
+func (s *Stream) run(ctx context.Context, from Position, h Handler) error {
+	log := s.opts.Logger
+	db := sql.OpenDB(s.connector())
+	defer db.Close()
+	var info serverInfo
+	err := s.retry(ctx, "preflight", func() (err error) {
+		info, err = preflight(ctx, db, &s.cfg, log)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	pos := from
+	err = s.retry(ctx, "read the current position", func() (err error) {
+		switch {
+		case pos.IsZero():
+			pos, err = currentPosition(ctx, db, info.flavor)
+		case pos.GTIDSet == "" && pos.File != "" && info.flavor == FlavorMariaDB:
+			// Learn the GTID position too, so that later positions carry it.
+			if g, gerr := mariaGTIDAt(ctx, db, pos); gerr == nil {
+				pos.GTIDSet = g
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("binlog: streaming", slog.String("flavor", info.flavor), slog.String("from", pos.String()),
+		slog.Bool("full_metadata", info.fullMetadata))
+	schema := newSchemaCache(db)
+	bo := backoff{min: s.opts.MinBackoff, max: s.opts.MaxBackoff}
+	for {
+		began := time.Now()
+		progressed, err := s.session(ctx, info, &pos, h, schema)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !transient(err) {
+			return err
+		}
+		if progressed || time.Since(began) > s.opts.MaxBackoff {
+			bo.reset()
+		}
+		d := bo.next()
+		log.Warn("binlog: stream interrupted; reconnecting", slog.Any("error", s.redact(err)),
+			slog.String("position", pos.String()), slog.Duration("after", d))
+		if !sleep(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// session streams over one replication connection until it fails. pos is
+// advanced past every transaction h accepts.
+func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h Handler, schema *schemaCache) (progressed bool, err error) {
+	gtid, err := newGTIDState(info.flavor, pos.GTIDSet)
+	if err != nil {
+		return false, err
+	}
+	syncer := replication.NewBinlogSyncer(s.syncerConfig(ctx, info.flavor))
+	defer syncer.Close()
+	var streamer *replication.BinlogStreamer
+	if pos.GTIDSet != "" {
+		var set gomysql.GTIDSet
+		if set, err = gomysql.ParseGTIDSet(info.flavor, pos.GTIDSet); err != nil {
+			return false, fmt.Errorf("binlog: position %s: %w", pos, err)
+		}
+		streamer, err = syncer.StartSyncGTID(set)
+	} else {
+		streamer, err = syncer.StartSync(gomysql.Position{Name: pos.File, Pos: pos.Offset})
+	}
+	if err != nil {
+		return false, streamError(err)
+	}
+	a := &assembler{
+		// The schema cache is asked only for tables whose table maps lack
+		// names, signedness or charsets.
+		dec:     newDecoder(schema, s.opts.Include),
+		maxRows: s.opts.MaxTxRows,
+		include: s.opts.Include,
+		file:    pos.File,
+		gtid:    gtid,
+		last:    *pos,
+		deliver: func(ctx context.Context, tx *Tx) error {
+			if err := h.HandleTx(ctx, tx); err != nil {
+				return handlerError{err}
+			}
+			progressed = true
+			if !tx.More {
+				*pos = tx.Pos
+			}
+			return nil
+		},
+	}
+	for {
+		ev, err := streamer.GetEvent(ctx)
+		if err != nil {
+			return progressed, streamError(err)
+		}
+		if err := a.handle(ctx, ev); err != nil {
+			return progressed, err
+		}
+	}
+}
+
+func (s *Stream) syncerConfig(ctx context.Context, flavor string) replication.BinlogSyncerConfig {
+	dialTimeout := max(s.opts.ReadTimeout, 3*time.Second)
+	return replication.BinlogSyncerConfig{
+		ServerID:         s.cfg.ServerID,
+		Flavor:           flavor,
+		Host:             s.host,
+		Port:             s.port,
+		User:             s.cfg.User,
+		Password:         s.cfg.Password,
+		TLSConfig:        s.cfg.TLS,
+		ParseTime:        true,
+		HeartbeatPeriod:  s.opts.HeartbeatPeriod,
+		ReadTimeout:      s.opts.ReadTimeout,
+		DisableRetrySync: true, // Run reconnects from the last delivered transaction
+		EventCacheCount:  128,  // bounds the events read ahead of the handler
+		Logger:           slog.New(slog.DiscardHandler),
+		Dialer: func(dctx context.Context, network, addr string) (net.Conn, error) {
+			// Dial under ctx as well, so that cancelling Run ends a dial at once.
+			dctx, cancel := context.WithTimeout(dctx, dialTimeout)
+			defer cancel()
+			stop := context.AfterFunc(ctx, cancel)
+			defer stop()
+			var d net.Dialer
+			return d.DialContext(dctx, network, addr)
+		},
+	}
+}
+
+func (s *Stream) connector() driver.Connector {
+	c := mysqldrv.NewConfig()
+	c.Net, c.Addr, c.User, c.Passwd, c.TLS = "tcp", net.JoinHostPort(s.host, strconv.Itoa(int(s.port))), s.cfg.User, s.cfg.Password, s.cfg.TLS
+	c.Timeout = max(s.opts.ReadTimeout, 3*time.Second)
+	c.ReadTimeout, c.WriteTimeout = 30*time.Second, 30*time.Second
+	c.Logger = &mysqldrv.NopLogger{}
+	conn, _ := mysqldrv.NewConnector(c) // fails only for settings not used here
+	return conn
+}
+
+// retry runs fn until it succeeds, fails for good or ctx ends.
+func (s *Stream) retry(ctx context.Context, what string, fn func() error) error {
+	bo := backoff{min: s.opts.MinBackoff, max: s.opts.MaxBackoff}
+	for {
+		err := fn()
+		if err == nil || !transient(err) || ctx.Err() != nil {
+			return err
+		}
+		d := bo.next()
+		s.opts.Logger.Warn("binlog: "+what+" failed; retrying", slog.Any("error", s.redact(err)), slog.Duration("after", d))
+		if !sleep(ctx, d) {
+			return ctx.Err()
+		}
+	}
+}
+
+// redact keeps the password out of an error's text. The result still
+// matches the sentinels of the original (errors.Is), but does not unwrap
+// to it, which would show the text again.
+func (s *Stream) redact(err error) error {
+	p := s.cfg.Password
+	if err == nil || len(p) < 3 || !strings.Contains(err.Error(), p) {
+		return err
+	}
+	return &redactedError{msg: strings.ReplaceAll(err.Error(), p, "[redacted]"), err: err}
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string        { return e.msg }
+func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
+
+// streamError classifies an error of the replication connection.
+func streamError(err error) error {
+	var me *gomysql.MyError
+	if !errors.As(err, &me) || me.Code != gomysql.ER_MASTER_FATAL_ERROR_READING_BINLOG {
+		return err
+	}
+	msg := strings.ToLower(me.Message)
+	for _, lost := range []string{"could not find first log file", "could not find gtid state", "purged",
+		"impossible position", "not in the master's binlog", "position > file size", "not found in binlog"} {
+		if strings.Contains(msg, lost) {
+			return fmt.Errorf("%w: %s", ErrPositionLost, me.Message)
+		}
+	}
+	return fmt.Errorf("binlog: the server stopped the replication stream: %s", me.Message)
+}
+
+func replicationErrorCode(err error) uint16 {
+	var me *gomysql.MyError
+	if errors.As(err, &me) {
+		return me.Code
+	}
+	return 0
+}
+
+// transientCodes are server errors that a later attempt may not see.
+var transientCodes = map[uint16]bool{
+	1040: true, // too many connections
+	1053: true, // server shutdown in progress
+	1152: true, // aborted connection
+	1158: true, 1159: true, 1160: true, 1161: true, // network read/write errors
+	1205: true, // lock wait timeout
+	1213: true, // deadlock
+	1317: true, // query interrupted
+	1927: true, // connection killed (MariaDB)
+	2002: true, 2003: true, 2006: true, 2013: true, // client-side connection errors
+}
+
+// transient reports whether err may go away on a new connection: network
+// errors and the server errors above. Everything else (access denied, a
+// lost position, an event that does not decode, a bad setting) is final.
+func transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if code := errorCode(err); code != 0 {
+		return transientCodes[code]
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, gomysql.ErrBadConn) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, mysqldrv.ErrInvalidConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, replication.ErrSyncClosed) || errors.Is(err, replication.ErrNeedSyncAgain)
+}
+
+// backoff is a doubling delay with jitter: each wait is uniform in [d/2, d].
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	half := b.cur / 2
+	return half + rand.N(half+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleep waits d; false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
