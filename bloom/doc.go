@@ -1,0 +1,65 @@
+// Package bloom is a Bloom filter of the keys that exist, shared by every
+// instance of a service through Redis, so that lookups of ids that never
+// existed are answered without Redis or MySQL. It plugs into cache as
+// Options.Filter (MayContain) and into invalidate as the filter its insert
+// events go to (Add).
+//
+// # Guarantee
+//
+// MayContain answers false only for a key that the current version of the
+// filter does not hold: a key that was not in the scan that built the
+// version and was not added since. Every key added with Add after the
+// build started (and every row the build's scan read) is in the version,
+// across instances and across rebuilds. Whenever the filter cannot tell —
+// not warmed yet, bitmap deleted, Redis unreachable, parameters that differ
+// from this instance's Options — MayContain answers true ("may contain"):
+// the filter fails open and the read goes on to the cache and MySQL.
+//
+// False positives are the price: about Options.FalsePositiveRate of the
+// absent keys once Options.ExpectedItems keys are in, more beyond that
+// (rebuild with larger Options), and deleted keys stay in until a Rebuild.
+//
+// # Model
+//
+// A filter under key is
+//
+//   - a hash at key with the storage format and, for each version, its id
+//     and parameters "id:m:k:hash": "cur" (answers lookups), "next" (being
+//     built) and "prev" (just replaced, still written for DropDelay);
+//   - one Redis string per version, key:v<id>, of m bits: the bit locations
+//     of bits-and-blooms/bloom/v3 (Locations mod m), at SETBIT offsets;
+//   - a channel, key:adds, on which every Add publishes the bits it set.
+//
+// Every instance reads m, k and the hash version from the hash and checks
+// them against its own Options (Check reports a *MismatchError; meanwhile
+// MayContain fails open and Add writes with the stored parameters). Lookups
+// run one script on one bitmap: all bits set, one clear, or bitmap missing.
+// Adds write to every listed version with a script that refuses to create a
+// missing bitmap, in the same round trip as they read the hash.
+//
+// With Options.Local, Run keeps a copy of the current bitmap in the process
+// (a bloom/v3 filter behind a lock, loaded with GET and converted from
+// SETBIT's MSB-first bytes to bitset's LSB-first words) and applies the
+// adds published on the channel; MayContain then needs no round trip. The
+// copy answers only while Run's subscription is up; otherwise MayContain
+// asks Redis.
+//
+// Warm and Rebuild read keys (Scan reads them from MySQL) into a bloom/v3
+// filter in the process and OR it into a new version that every Add
+// already writes to, then swap it in with one script: adds made during a
+// rebuild reach both versions and none is lost. See Rebuild for the steps.
+//
+// # What it does not promise
+//
+//   - An Add that fails (Redis down) is not retried: the caller retries, as
+//     the invalidator does. A row inserted meanwhile may be reported absent
+//     by instances that read the filter.
+//   - Between a row's commit and its Add, the row can be reported absent:
+//     Add before the commit to close that window (an aborted insert leaves
+//     a harmless false positive). The binlog invalidator's Add, after the
+//     commit, is the one a rebuild relies on.
+//   - A local copy in another process sees an add when the add's message
+//     arrives (typically well under a millisecond after Add returned).
+//   - Delete the filter with Delete, not by deleting only its hash: an
+//     instance that still holds the parameters would use the bitmap.
+package bloom

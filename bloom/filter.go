@@ -1,0 +1,593 @@
+package bloom
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bloomv3 "github.com/bits-and-blooms/bloom/v3"
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	// ErrMismatch is matched (errors.Is) by a *MismatchError: the filter in
+	// Redis was built with parameters other than this instance's Options.
+	ErrMismatch = errors.New("bloom: stored parameters differ from the configured ones")
+	// ErrNotWarm is returned by Check while no version of the filter is
+	// current: it has not been warmed yet, or it was deleted.
+	ErrNotWarm = errors.New("bloom: filter not warmed")
+	// ErrBuilding is returned by Rebuild when another build of the same
+	// filter is running, or took this one over after Options.BuildTimeout.
+	ErrBuilding = errors.New("bloom: another build is in progress")
+	// ErrNoLocal is returned by Run when Options.Local is off.
+	ErrNoLocal = errors.New("bloom: Run keeps the local copy: set Options.Local")
+)
+
+const (
+	// HashVersion names the bit locations this package computes: those of
+	// bits-and-blooms/bloom/v3 Locations (128-bit murmur3, four base hashes),
+	// taken modulo m. Another hash would need another number.
+	HashVersion = 1
+	// format is the layout of the parameters hash and of the bitmaps (bit i
+	// at SETBIT offset i, that is byte i/8, mask 0x80>>(i%8)).
+	format = "1"
+)
+
+var (
+	//go:embed test.lua
+	testSrc    string
+	testScript = redis.NewScript(testSrc)
+	//go:embed add.lua
+	addSrc    string
+	addScript = redis.NewScript(addSrc)
+	//go:embed begin.lua
+	beginSrc    string
+	beginScript = redis.NewScript(beginSrc)
+	//go:embed swap.lua
+	swapSrc    string
+	swapScript = redis.NewScript(swapSrc)
+	//go:embed unlist.lua
+	unlistSrc    string
+	unlistScript = redis.NewScript(unlistSrc)
+)
+
+// Options configures a Filter. The zero value is usable.
+type Options struct {
+	// ExpectedItems is the number of keys the filter is sized for (n).
+	// Default: 1,000,000.
+	ExpectedItems uint
+	// FalsePositiveRate is the share of absent keys answered "may contain"
+	// once ExpectedItems keys are in. With ExpectedItems it fixes m and k
+	// (bloom/v3 EstimateParameters), which every instance must agree on.
+	// Default: 0.01.
+	FalsePositiveRate float64
+	// Local keeps a copy of the current bitmap in this process, so that
+	// MayContain needs no round trip while Run keeps the copy in sync.
+	// Default: false.
+	Local bool
+	// ParamsRefresh is how long the parameters read from Redis are used
+	// before they are read again. Default: 1s.
+	ParamsRefresh time.Duration
+	// ReloadInterval is how often Run reloads the whole local copy, on top
+	// of the adds it receives one by one. Default: 5m.
+	ReloadInterval time.Duration
+	// DropDelay is how long Rebuild keeps the replaced version, still
+	// written by Add, before it deletes it, so that instances that have not
+	// yet re-read the parameters keep answering from it. Default: 2*ParamsRefresh.
+	DropDelay time.Duration
+	// BuildTimeout is how long a Warm or Rebuild may take before another
+	// one may replace it (its builder crashed, presumably). Default: 1h.
+	BuildTimeout time.Duration
+	// Progress, when set, is called during Warm and Rebuild every
+	// ProgressEvery keys and once more when the new version is current.
+	// Default: nil.
+	Progress func(Progress)
+	// ProgressEvery is the number of keys between two Progress calls.
+	// Default: 100,000.
+	ProgressEvery int
+	// Logger receives the errors Run retries after. Default: discard.
+	Logger *slog.Logger
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.ExpectedItems == 0 {
+		r.ExpectedItems = 1_000_000
+	}
+	if r.FalsePositiveRate == 0 {
+		r.FalsePositiveRate = 0.01
+	}
+	if !(r.FalsePositiveRate > 0 && r.FalsePositiveRate < 1) {
+		return r, fmt.Errorf("bloom: Options.FalsePositiveRate is %v: use a rate in (0, 1), such as 0.01", r.FalsePositiveRate)
+	}
+	if r.ParamsRefresh <= 0 {
+		r.ParamsRefresh = time.Second
+	}
+	if r.ReloadInterval <= 0 {
+		r.ReloadInterval = 5 * time.Minute
+	}
+	if r.DropDelay <= 0 {
+		r.DropDelay = 2 * r.ParamsRefresh
+	}
+	if r.BuildTimeout <= 0 {
+		r.BuildTimeout = time.Hour
+	}
+	if r.ProgressEvery <= 0 {
+		r.ProgressEvery = 100_000
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	return r, nil
+}
+
+// Params are what fixes a filter's bit locations. Every instance that
+// shares a filter must use the same ones.
+type Params struct {
+	M    uint64 // bits in the bitmap
+	K    uint64 // bit locations per key
+	Hash int    // hash version, see HashVersion
+}
+
+func (p Params) String() string {
+	return fmt.Sprintf("m=%d k=%d hash=%d", p.M, p.K, p.Hash)
+}
+
+// MismatchError reports a filter in Redis that this instance cannot use as
+// configured. MayContain answers "may contain" while it lasts; Add still
+// writes with the stored parameters when it knows their hash and format.
+type MismatchError struct {
+	Key        string // the filter's key
+	Stored     Params // parameters of the current version in Redis
+	Configured Params // parameters from this instance's Options
+	Format     string // stored format, when this package cannot read it
+}
+
+func (e *MismatchError) Error() string {
+	if e.Format != "" {
+		return fmt.Sprintf("bloom: filter %s has storage format %q, this package reads %q: rebuild it with this version of the package", e.Key, e.Format, format)
+	}
+	return fmt.Sprintf("bloom: filter %s was built with %v, Options give %v: give every instance the same ExpectedItems and FalsePositiveRate, or Rebuild", e.Key, e.Stored, e.Configured)
+}
+
+// Is makes errors.Is(err, ErrMismatch) true.
+func (e *MismatchError) Is(target error) bool { return target == ErrMismatch }
+
+// Stats are counters of a Filter since New.
+type Stats struct {
+	Lookups  uint64 // MayContain calls
+	Absent   uint64 // MayContain calls that answered "cannot contain"
+	FailOpen uint64 // MayContain calls that answered "may contain" with no filter to ask: not warm, missing, unreachable, mismatched
+	Local    uint64 // MayContain calls answered by the local copy
+	Added    uint64 // keys written by Add
+	Live     bool   // the local copy is loaded and Run is receiving adds
+	Version  uint64 // current version as last read, 0 for none
+}
+
+// Filter is a Bloom filter of keys that exist, kept in Redis and shared by
+// every instance that opens the same key. It is safe for concurrent use.
+type Filter struct {
+	rdb  redis.UniversalClient
+	key  string
+	opts Options
+	own  Params
+	err  error // invalid Options, returned by every call that reports errors
+
+	state    atomic.Pointer[state] // parameters as last read
+	stateMu  sync.Mutex            // one reader of the parameters at a time
+	local    atomic.Pointer[localCopy]
+	live     atomic.Bool // Run is subscribed and local was loaded after that
+	running  atomic.Bool // Run is running
+	reloadMu sync.Mutex  // serialises local reloads with applied adds
+	stats    struct{ lookups, absent, failOpen, local, added atomic.Uint64 }
+}
+
+// New returns a filter stored under key (a hash holding the parameters;
+// each version's bitmap is key:v<N>). It does no I/O: the filter answers
+// "may contain" until it is warmed (Warm) and the first call reads its
+// parameters. In Redis Cluster, give key a hash tag ("{users}:bloom") so
+// that a version and its load buffer share a slot.
+func New(rdb redis.UniversalClient, key string, opts *Options) *Filter {
+	o, err := opts.withDefaults()
+	m, k := bloomv3.EstimateParameters(o.ExpectedItems, o.FalsePositiveRate)
+	return &Filter{
+		rdb:  rdb,
+		key:  key,
+		opts: o,
+		own:  Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
+		err:  err,
+	}
+}
+
+// Params returns the parameters this instance's Options give.
+func (f *Filter) Params() Params { return f.own }
+
+// Stats returns the filter's counters.
+func (f *Filter) Stats() Stats {
+	s := Stats{
+		Lookups:  f.stats.lookups.Load(),
+		Absent:   f.stats.absent.Load(),
+		FailOpen: f.stats.failOpen.Load(),
+		Local:    f.stats.local.Load(),
+		Added:    f.stats.added.Load(),
+		Live:     f.live.Load(),
+	}
+	if st := f.state.Load(); st != nil && st.cur != nil {
+		s.Version = st.cur.id
+	}
+	return s
+}
+
+// MayContain reports whether key may have been added. False means it was
+// never added to the current version: no row with that key existed when
+// the version was built, nor was one added since. It answers true whenever
+// it cannot tell: no version yet, the bitmap missing, Redis unreachable,
+// parameters that differ from Options. It implements cache.Filter.
+func (f *Filter) MayContain(ctx context.Context, key string) bool {
+	f.stats.lookups.Add(1)
+	if f.live.Load() {
+		if lc := f.local.Load(); lc != nil {
+			f.stats.local.Add(1)
+			return f.answer(lc.test(key))
+		}
+	}
+	st, err := f.params(ctx)
+	if err != nil || !st.usable {
+		return f.failOpen()
+	}
+	v := st.cur
+	res, err := testScript.Run(ctx, f.rdb, []string{f.bitmapKey(v.id)}, v.offsets(key)...).Int()
+	switch {
+	case err != nil:
+		return f.failOpen()
+	case res < 0:
+		// The bitmap is gone: a rebuild dropped it after swapping in a new
+		// version, or someone deleted it. Read the parameters again next time.
+		f.state.CompareAndSwap(st, nil)
+		return f.failOpen()
+	}
+	return f.answer(res == 1)
+}
+
+func (f *Filter) answer(ok bool) bool {
+	if !ok {
+		f.stats.absent.Add(1)
+	}
+	return ok
+}
+
+func (f *Filter) failOpen() bool {
+	f.stats.failOpen.Add(1)
+	return true
+}
+
+// Add records keys in every version of the filter: the current one, one
+// being built and one being dropped. Call it for every new row, from the
+// writer's process and from the binlog invalidator; a key added before the
+// row commits (a false positive if the transaction rolls back) leaves no
+// window in which a reader is told the new row cannot exist. An error
+// means some keys may be missing from Redis: retry. Before the filter is
+// warmed, Add has nothing to write and returns nil.
+//
+// Add reads the parameters in the same round trip as it writes, and writes
+// again to any version it did not know of. So an Add that returned before a
+// build was announced was made for a row the build's scan will read, and
+// every later Add reaches the new version itself.
+func (f *Filter) Add(ctx context.Context, keys ...string) error {
+	if f.err != nil {
+		return f.err
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	var known []*version
+	if st := f.state.Load(); st != nil && st.readable() {
+		known = st.targets()
+	}
+	var get *redis.MapStringStringCmd
+	gone, err := f.write(ctx, known, keys, func(p redis.Pipeliner) { get = p.HGetAll(ctx, f.key) })
+	if err != nil {
+		return fmt.Errorf("bloom: add: %w", err)
+	}
+	st := f.parse(get.Val())
+	f.state.Store(st)
+	if !st.readable() {
+		return st.err
+	}
+	var missed []*version
+	for _, v := range st.targets() {
+		if !containsVersion(known, v) {
+			missed = append(missed, v)
+		}
+	}
+	if len(missed) > 0 {
+		g, err := f.write(ctx, missed, keys, nil)
+		if err != nil {
+			return fmt.Errorf("bloom: add: %w", err)
+		}
+		gone = gone || g
+	}
+	if gone {
+		// A bitmap this process knew of is missing: tell the local copies,
+		// which may hold it, to reload (and answer "may contain" meanwhile).
+		if err := f.rdb.Publish(ctx, f.channel(), msgReload).Err(); err != nil {
+			return fmt.Errorf("bloom: add: %w", err)
+		}
+	}
+	f.stats.added.Add(uint64(len(keys)))
+	if lc := f.local.Load(); lc != nil && containsVersion(st.targets(), lc.v) {
+		lc.add(keys)
+	}
+	for _, v := range st.targets() {
+		if v.hash != HashVersion {
+			return &MismatchError{Key: f.key, Stored: v.params(), Configured: f.own}
+		}
+	}
+	return nil
+}
+
+// addBatch bounds the offsets one script call sets, so that a large Add
+// does not hold Redis for long.
+const addBatch = 512
+
+// write sets the bits of keys in versions and publishes them for the local
+// copies, in one pipeline that first runs pre. It reports whether one of
+// the bitmaps was missing.
+func (f *Filter) write(ctx context.Context, versions []*version, keys []string, pre func(redis.Pipeliner)) (gone bool, err error) {
+	var adds []*redis.Cmd
+	_, err = f.pipe(ctx, func(p redis.Pipeliner) {
+		adds = adds[:0]
+		if pre != nil {
+			pre(p)
+		}
+		var msg []byte
+		for _, v := range versions {
+			if v.hash != HashVersion {
+				continue // unknown bit locations: Add reports the mismatch
+			}
+			for i := 0; i < len(keys); i += addBatch {
+				batch := keys[i:min(i+addBatch, len(keys))]
+				var args []any
+				for _, key := range batch {
+					args = append(args, v.offsets(key)...)
+				}
+				adds = append(adds, addScript.EvalSha(ctx, p, []string{f.bitmapKey(v.id)}, args...))
+			}
+			msg = appendAddMsg(msg, v, keys)
+		}
+		if len(msg) > 0 {
+			p.Publish(ctx, f.channel(), msg)
+		}
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range adds {
+		if n, _ := c.Int(); n == 0 {
+			gone = true
+		}
+	}
+	return gone, nil
+}
+
+// pipe runs a pipeline, loading the scripts and running it once more when
+// Redis does not have them cached (after a restart or SCRIPT FLUSH). Every
+// pipeline here is safe to repeat.
+func (f *Filter) pipe(ctx context.Context, fill func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	for attempt := 0; ; attempt++ {
+		cmds, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			fill(p)
+			return nil
+		})
+		if err == nil || attempt > 0 || !noScript(cmds) {
+			return cmds, err
+		}
+		for _, s := range []*redis.Script{addScript, testScript} {
+			if err := s.Load(ctx, f.rdb).Err(); err != nil {
+				return cmds, err
+			}
+		}
+	}
+}
+
+func noScript(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
+// Check reads the filter's parameters from Redis and reports whether this
+// instance can use them: nil, ErrNotWarm, a *MismatchError (ErrMismatch),
+// an invalid Options error, or the Redis error. Call it at start-up to
+// surface a misconfiguration; MayContain answers "may contain" meanwhile.
+func (f *Filter) Check(ctx context.Context) error {
+	if f.err != nil {
+		return f.err
+	}
+	st, err := f.reloadParams(ctx)
+	if err != nil {
+		return fmt.Errorf("bloom: check %s: %w", f.key, err)
+	}
+	return st.err
+}
+
+// Delete removes the filter from Redis: every listed version's bitmap,
+// then the parameters. Instances answer "may contain" until it is warmed
+// again. Delete bitmaps before the parameters (as Delete does): an instance
+// holding the old parameters must find no bitmap rather than a stale one.
+func (f *Filter) Delete(ctx context.Context) error {
+	st, err := f.reloadParams(ctx)
+	if err != nil {
+		return fmt.Errorf("bloom: delete %s: %w", f.key, err)
+	}
+	var keys []string
+	for _, v := range st.targets() {
+		keys = append(keys, f.bitmapKey(v.id))
+	}
+	for _, k := range keys {
+		if err := f.rdb.Del(ctx, k).Err(); err != nil {
+			return fmt.Errorf("bloom: delete %s: %w", f.key, err)
+		}
+	}
+	if err := f.rdb.Publish(ctx, f.channel(), msgReload).Err(); err != nil {
+		return fmt.Errorf("bloom: delete %s: %w", f.key, err)
+	}
+	if err := f.rdb.Del(ctx, f.key).Err(); err != nil {
+		return fmt.Errorf("bloom: delete %s: %w", f.key, err)
+	}
+	f.state.Store(nil)
+	return nil
+}
+
+func (f *Filter) bitmapKey(id uint64) string { return f.key + ":v" + strconv.FormatUint(id, 10) }
+func (f *Filter) channel() string            { return f.key + ":adds" }
+
+// version is one bitmap of the filter and its parameters.
+type version struct {
+	id, m, k uint64
+	hash     int
+	spec     string // as stored: "id:m:k:hash"
+}
+
+func newVersion(id uint64, p Params) *version {
+	v := &version{id: id, m: p.M, k: p.K, hash: p.Hash}
+	v.spec = fmt.Sprintf("%d:%d:%d:%d", id, p.M, p.K, p.Hash)
+	return v
+}
+
+func parseVersion(s string) (*version, bool) {
+	parts := strings.Split(s, ":")
+	if len(parts) != 4 {
+		return nil, false
+	}
+	var n [3]uint64
+	for i := range n {
+		var err error
+		if n[i], err = strconv.ParseUint(parts[i], 10, 64); err != nil {
+			return nil, false
+		}
+	}
+	h, err := strconv.Atoi(parts[3])
+	if err != nil || n[1] == 0 || n[2] == 0 {
+		return nil, false
+	}
+	return newVersion(n[0], Params{M: n[1], K: n[2], Hash: h}), true
+}
+
+func (v *version) params() Params { return Params{M: v.m, K: v.k, Hash: v.hash} }
+
+// offsets returns the SETBIT offsets of key: bloom/v3's locations mod m.
+func (v *version) offsets(key string) []any {
+	locs := bloomv3.Locations([]byte(key), uint(v.k))
+	out := make([]any, len(locs))
+	for i, l := range locs {
+		out[i] = l % v.m
+	}
+	return out
+}
+
+func containsVersion(vs []*version, v *version) bool {
+	for _, w := range vs {
+		if w.id == v.id {
+			return true
+		}
+	}
+	return false
+}
+
+// state is the parameters hash as read at one moment.
+type state struct {
+	cur, next, prev *version
+	format          string
+	usable          bool  // cur exists and matches this instance's Params
+	err             error // why it is not usable
+	read            time.Time
+}
+
+// targets returns the versions Add writes to.
+func (s *state) targets() []*version {
+	var out []*version
+	for _, v := range []*version{s.cur, s.next, s.prev} {
+		if v != nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// readable reports whether the stored format is one this package writes
+// (or none is stored yet).
+func (s *state) readable() bool { return s.format == "" || s.format == format }
+
+func (f *Filter) parse(h map[string]string) *state {
+	st := &state{format: h["format"], read: time.Now()}
+	st.cur, _ = parseVersion(h["cur"])
+	st.next, _ = parseVersion(h["next"])
+	st.prev, _ = parseVersion(h["prev"])
+	switch {
+	case st.format != "" && st.format != format:
+		st.err = &MismatchError{Key: f.key, Format: st.format}
+	case st.cur == nil:
+		st.err = ErrNotWarm
+	case st.cur.params() != f.own:
+		st.err = &MismatchError{Key: f.key, Stored: st.cur.params(), Configured: f.own}
+	default:
+		st.usable = true
+	}
+	return st
+}
+
+// params returns the parameters, read again when older than ParamsRefresh.
+// While one goroutine reads them, the others go on with the older copy: it
+// is safe, because a version's bitmap is deleted before it is unlisted and
+// a missing bitmap answers "may contain".
+func (f *Filter) params(ctx context.Context) (*state, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	st := f.state.Load()
+	if st != nil && time.Since(st.read) < f.opts.ParamsRefresh {
+		return st, nil
+	}
+	if st != nil && !f.stateMu.TryLock() {
+		return st, nil
+	}
+	if st == nil {
+		f.stateMu.Lock()
+	}
+	defer f.stateMu.Unlock()
+	if st := f.state.Load(); st != nil && time.Since(st.read) < f.opts.ParamsRefresh {
+		return st, nil
+	}
+	h, err := f.rdb.HGetAll(ctx, f.key).Result()
+	if err != nil {
+		return nil, err
+	}
+	st = f.parse(h)
+	f.state.Store(st)
+	return st, nil
+}
+
+// reloadParams reads the parameters now.
+func (f *Filter) reloadParams(ctx context.Context) (*state, error) {
+	h, err := f.rdb.HGetAll(ctx, f.key).Result()
+	if err != nil {
+		return nil, err
+	}
+	st := f.parse(h)
+	f.state.Store(st)
+	return st, nil
+}
