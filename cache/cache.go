@@ -1,0 +1,348 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+var (
+	// ErrNotFound reports that the requested row does not exist. A loader
+	// returns it (or an error wrapping it) for a missing row; Fetch returns it
+	// for a missing row, a cached not-found entry or a key the Filter rejects.
+	ErrNotFound = errors.New("cache: not found")
+
+	// ErrLoaderPanic is wrapped by the *PanicError that every caller waiting
+	// on a load receives when the loader panics.
+	ErrLoaderPanic = errors.New("cache: loader panicked")
+)
+
+// PanicError carries a loader's panic to every caller of the load. It
+// unwraps to ErrLoaderPanic.
+type PanicError struct {
+	// Value is what the loader panicked with.
+	Value any
+	// Stack is the loader goroutine's stack at the panic.
+	Stack []byte
+}
+
+// Error describes the panic.
+func (e *PanicError) Error() string { return fmt.Sprintf("cache: loader panicked: %v", e.Value) }
+
+// Unwrap returns ErrLoaderPanic.
+func (e *PanicError) Unwrap() error { return ErrLoaderPanic }
+
+// LoaderFunc loads the value of one key from the source of truth. It returns
+// ErrNotFound when the row does not exist.
+type LoaderFunc[T any] func(ctx context.Context) (T, error)
+
+// Filter answers whether a key may exist. A false answer is final: Fetch
+// returns ErrNotFound without a Redis round trip or a load. The bloom package's
+// Filter satisfies it.
+type Filter interface {
+	MayContain(ctx context.Context, key string) bool
+}
+
+// FetchOption adjusts one Fetch or FetchMany call.
+type FetchOption struct {
+	ttl time.Duration
+}
+
+// WithTTL sets the time to live of the entry a call fills, instead of
+// Options.TTL. Jitter still applies. A d of zero or less is ignored.
+func WithTTL(d time.Duration) FetchOption { return FetchOption{ttl: d} }
+
+// Options configures a Cache. The zero value of every field means its default.
+type Options struct {
+	// TTL is the time to live of a filled value, before jitter. Default: 10m.
+	TTL time.Duration
+	// Jitter spreads every TTL uniformly over [TTL*(1-Jitter), TTL] so keys
+	// filled together do not expire together. A negative value disables it;
+	// values above 1 mean 1. Default: 0.1.
+	Jitter float64
+	// NotFoundTTL is the time to live of a not-found entry, before jitter.
+	// Default: 30s.
+	NotFoundTTL time.Duration
+	// LeaseTTL bounds how long a lease keeps other processes waiting for a
+	// load; a lease holder that dies is replaced after it. It should exceed the
+	// loader's usual duration: a fill whose lease expired is refused. Default: 3s.
+	LeaseTTL time.Duration
+	// LeaseWait bounds how long a process waits for another process's lease
+	// before it loads by itself without filling. Default: LeaseTTL.
+	LeaseWait time.Duration
+	// LeasePoll is the longest pause between two reads of a key held by
+	// another process's lease; pauses start at a tenth of it and are jittered.
+	// Default: 4ms.
+	LeasePoll time.Duration
+	// LoadTimeout bounds one loader call. Default: LeaseTTL.
+	LoadTimeout time.Duration
+	// TombstoneTTL, when positive, makes Invalidate leave a tombstone for this
+	// long instead of deleting the key: readers load from the source and do
+	// not fill until it expires. Default: 0 (delete).
+	TombstoneTTL time.Duration
+	// Strong makes every Write hold tombstones on its keys while fn runs, so no
+	// reader fills or is served a value older than the write (see WriteStrong).
+	// Default: false.
+	Strong bool
+	// WriteTimeout is the life of the tombstones of a strong Write, the
+	// deadline of its fn, and the bound of Write's own invalidations after fn.
+	// Default: 10s.
+	WriteTimeout time.Duration
+	// DelayedInvalidation, when positive, makes Write invalidate its keys once
+	// more this long after fn returns. Close cancels pending ones. Default: 0 (off).
+	DelayedInvalidation time.Duration
+	// EarlyRefresh is the beta of probabilistic early expiration (XFetch): a
+	// read refreshes a value before it expires with a probability that grows
+	// as expiry nears and with the value's load time. 1 is the usual choice;
+	// 0 disables early refresh. Default: 0.
+	EarlyRefresh float64
+	// GenerationRefresh is how often a process re-reads a namespace's
+	// generation (and the global one) from Redis; it bounds how long another
+	// process keeps serving entries after InvalidateNamespace or
+	// InvalidateAll. Default: 1s.
+	GenerationRefresh time.Duration
+	// Prefix is put before the generation keys (<Prefix>gen:<namespace> and
+	// <Prefix>gen). User keys are used as given. Default: "cacheaside:".
+	Prefix string
+	// Codec encodes values. Default: JSONCodec.
+	Codec Codec
+	// Filter, when set, is asked before Redis whether a key may exist.
+	// Default: nil (no gate).
+	Filter Filter
+	// Logger receives non-fatal errors and state changes. Default: discard.
+	Logger *slog.Logger
+	// BreakerThreshold is the number of consecutive Redis failures that opens
+	// the circuit breaker; while it is open, reads go straight to the loader.
+	// Default: 5.
+	BreakerThreshold int
+	// BreakerCooldown is how long the breaker stays open before one read
+	// probes Redis again. Default: 1s.
+	BreakerCooldown time.Duration
+	// MaxDegradedLoads bounds concurrent loader calls of reads that bypass
+	// Redis; excess reads wait for a slot or their context. Default: 4*GOMAXPROCS.
+	MaxDegradedLoads int
+}
+
+// Validate reports the first setting that is out of range, naming the fix.
+// New replaces such settings by their defaults and logs the same message.
+func (o *Options) Validate() error {
+	if o == nil {
+		return nil
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"TTL", o.TTL}, {"NotFoundTTL", o.NotFoundTTL}, {"LeaseTTL", o.LeaseTTL},
+		{"LeaseWait", o.LeaseWait}, {"LeasePoll", o.LeasePoll}, {"LoadTimeout", o.LoadTimeout},
+		{"TombstoneTTL", o.TombstoneTTL}, {"WriteTimeout", o.WriteTimeout},
+		{"DelayedInvalidation", o.DelayedInvalidation}, {"GenerationRefresh", o.GenerationRefresh},
+		{"BreakerCooldown", o.BreakerCooldown},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("cache: Options.%s is %v; use 0 for the default or a positive duration", d.name, d.v)
+		}
+		if d.v > 0 && d.v < time.Millisecond && d.name != "LeasePoll" {
+			return fmt.Errorf("cache: Options.%s is %v; Redis expiries count milliseconds, use at least 1ms", d.name, d.v)
+		}
+	}
+	if o.EarlyRefresh < 0 {
+		return fmt.Errorf("cache: Options.EarlyRefresh is %v; use 0 to disable or a positive beta such as 1", o.EarlyRefresh)
+	}
+	if o.BreakerThreshold < 0 || o.MaxDegradedLoads < 0 {
+		return errors.New("cache: Options.BreakerThreshold and Options.MaxDegradedLoads must not be negative; use 0 for the default")
+	}
+	return nil
+}
+
+// config is Options with every default filled in.
+type config struct {
+	Options
+	jitter float64
+}
+
+func newConfig(opts *Options) config {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := o.Validate(); err != nil {
+		o.Logger.Error("invalid cache options; using defaults for them", "err", err)
+		o.TTL, o.NotFoundTTL, o.LeaseTTL, o.LeaseWait = pos(o.TTL), pos(o.NotFoundTTL), pos(o.LeaseTTL), pos(o.LeaseWait)
+		o.LeasePoll, o.LoadTimeout, o.TombstoneTTL = pos(o.LeasePoll), pos(o.LoadTimeout), pos(o.TombstoneTTL)
+		o.WriteTimeout, o.DelayedInvalidation = pos(o.WriteTimeout), pos(o.DelayedInvalidation)
+		o.GenerationRefresh, o.BreakerCooldown = pos(o.GenerationRefresh), pos(o.BreakerCooldown)
+		o.EarlyRefresh = max(o.EarlyRefresh, 0)
+		o.BreakerThreshold, o.MaxDegradedLoads = max(o.BreakerThreshold, 0), max(o.MaxDegradedLoads, 0)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.TTL, 10*time.Minute)
+	def(&o.NotFoundTTL, 30*time.Second)
+	def(&o.LeaseTTL, 3*time.Second)
+	def(&o.LeaseWait, o.LeaseTTL)
+	def(&o.LeasePoll, 4*time.Millisecond)
+	def(&o.LoadTimeout, o.LeaseTTL)
+	def(&o.WriteTimeout, 10*time.Second)
+	def(&o.GenerationRefresh, time.Second)
+	def(&o.BreakerCooldown, time.Second)
+	if o.Prefix == "" {
+		o.Prefix = "cacheaside:"
+	}
+	if o.Codec == nil {
+		o.Codec = JSONCodec{}
+	}
+	if o.BreakerThreshold == 0 {
+		o.BreakerThreshold = 5
+	}
+	if o.MaxDegradedLoads == 0 {
+		o.MaxDegradedLoads = 4 * runtime.GOMAXPROCS(0)
+	}
+	c := config{Options: o, jitter: o.Jitter}
+	switch {
+	case o.Jitter == 0:
+		c.jitter = 0.1
+	case o.Jitter < 0:
+		c.jitter = 0
+	case o.Jitter > 1:
+		c.jitter = 1
+	}
+	return c
+}
+
+func pos(d time.Duration) time.Duration { return max(d, 0) }
+
+// epochSlots is the number of per-key flight epochs; keys share a slot by
+// hash, and a shared slot only costs an extra load after an invalidation.
+const epochSlots = 4096
+
+// Cache is a read-through cache over one Redis deployment. It is safe for
+// concurrent use; create one per process and share it.
+type Cache struct {
+	rdb     redis.UniversalClient
+	cfg     config
+	codec   Codec
+	log     *slog.Logger
+	single  bool // rdb is a *redis.Client: MGET may span any keys
+	gens    *generations
+	breaker breaker
+	sem     chan struct{}
+	stats   counters
+
+	group      singleflight.Group
+	seed       maphash.Seed
+	epochs     [epochSlots]atomic.Uint64
+	allEpoch   atomic.Uint64 // bumped by InvalidateNamespace and InvalidateAll
+	background sync.WaitGroup
+	refreshing sync.Map // keys with an early refresh under way
+
+	mu     sync.Mutex
+	timers map[*time.Timer]struct{}
+	closed bool
+
+	// Test hooks, set only by tests before use.
+	hookBeforeFill  func(key string)
+	hookAfterLoad   func(key string)
+	hookLeaseWaited func(key string)
+}
+
+// New returns a Cache that stores entries in rdb (a *redis.Client,
+// *redis.ClusterClient or *redis.Ring). opts may be nil for defaults. New does
+// no I/O; settings that Options.Validate rejects are replaced by defaults and
+// logged.
+func New(rdb redis.UniversalClient, opts *Options) *Cache {
+	cfg := newConfig(opts)
+	_, single := rdb.(*redis.Client)
+	c := &Cache{
+		rdb:    rdb,
+		cfg:    cfg,
+		codec:  cfg.Codec,
+		log:    cfg.Logger,
+		single: single,
+		gens:   newGenerations(cfg.Prefix, cfg.GenerationRefresh),
+		sem:    make(chan struct{}, cfg.MaxDegradedLoads),
+		seed:   maphash.MakeSeed(),
+		timers: make(map[*time.Timer]struct{}),
+	}
+	c.breaker.init(cfg.BreakerThreshold, cfg.BreakerCooldown, c.log)
+	return c
+}
+
+// Close cancels pending delayed invalidations and waits for running ones and
+// for early refreshes started by Fetch. It does not close the Redis client.
+// The Cache stays usable for reads and writes, without delayed invalidations
+// and early refreshes.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	for t := range c.timers {
+		if t.Stop() {
+			c.background.Done()
+		}
+		delete(c.timers, t)
+	}
+	c.mu.Unlock()
+	c.background.Wait()
+	return nil
+}
+
+// goBackground reports whether background work may start and counts it.
+func (c *Cache) goBackground() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.background.Add(1)
+	return true
+}
+
+// flightKey names the in-process flight of key: a key's flights change with
+// every in-process invalidation of it (race R10), so a Fetch that starts after
+// Invalidate returned never joins a load that started before.
+func (c *Cache) flightKey(key string) string {
+	e := c.epochs[maphash.String(c.seed, key)%epochSlots].Load() + c.allEpoch.Load()
+	return strconv.FormatUint(e, 36) + "|" + key
+}
+
+// bumpEpochs ends the current flights of keys for new callers.
+func (c *Cache) bumpEpochs(keys []string) {
+	for _, k := range keys {
+		c.epochs[maphash.String(c.seed, k)%epochSlots].Add(1)
+	}
+}
+
+// jittered spreads d uniformly over [d*(1-jitter), d], in whole milliseconds.
+func (c *Cache) jittered(d time.Duration) time.Duration {
+	if c.cfg.jitter > 0 {
+		d -= time.Duration(rand.Float64() * c.cfg.jitter * float64(d))
+	}
+	return max(d.Truncate(time.Millisecond), time.Millisecond)
+}
+
+func (c *Cache) ttl(opts []FetchOption) time.Duration {
+	ttl := c.cfg.TTL
+	for _, o := range opts {
+		if o.ttl > 0 {
+			ttl = o.ttl
+		}
+	}
+	return ttl
+}

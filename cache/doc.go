@@ -1,0 +1,96 @@
+// Package cache is a read-through cache over Redis that stays consistent
+// with a SQL source of truth (MySQL, MariaDB) in the cache-aside pattern.
+//
+// A repository method wraps its query in Fetch; a write goes through Write
+// (or is seen by the binlog invalidator, which calls Invalidate):
+//
+//	func (r *Repo) User(ctx context.Context, id int64) (User, error) {
+//		return cache.Fetch(ctx, r.cache, "user:"+strconv.FormatInt(id, 10),
+//			func(ctx context.Context) (User, error) { return r.queryUser(ctx, id) })
+//	}
+//
+// # Guarantee
+//
+// Redis only ever holds copies. A value is stored only by a reader that took
+// the key's lease before it read the source, and only while that lease is
+// still in the key; every invalidation removes the lease. So once an
+// invalidation issued after a commit has returned, no value read before that
+// commit can be stored, and after the writes stop every key agrees with the
+// source or is absent. What is not promised: reads that overlap a write may
+// return the old row (use WriteStrong for read-your-writes); a write that
+// neither goes through Write nor reaches the binlog invalidator is only
+// undone by the TTL; other processes see InvalidateNamespace and
+// InvalidateAll within Options.GenerationRefresh.
+//
+// # How a read works
+//
+//  1. Options.Filter, when set, may answer ErrNotFound with no round trip.
+//  2. One GET. Every entry starts with a small header (magic, version, kind,
+//     generations, fill time, logical expiry, load time), then the codec's
+//     bytes. A current value is decoded and returned; a not-found entry
+//     returns ErrNotFound.
+//  3. Otherwise (absent, stale generation, corrupt bytes) one caller per
+//     process goes on, in a singleflight keyed by the key and its epoch;
+//     the others wait for it, each on its own context.
+//  4. That flight installs a lease entry in the key itself, with a script
+//     that succeeds only if the key still holds what the GET saw, and loads.
+//  5. It fills with a script that stores the value only if the key still
+//     holds its lease. A not-found result stores a not-found entry with a
+//     short TTL instead. Every TTL is jittered.
+//  6. A flight that finds another process's lease polls with jittered
+//     backoff (Options.LeasePoll) and returns the value that appears; if the
+//     lease vanishes it starts over; past Options.LeaseWait it loads without
+//     filling. A tombstone makes it load without filling.
+//  7. With Options.EarlyRefresh, a hit close to expiry may start a
+//     background reload (XFetch) under a refresh lease that carries the
+//     current value, so other readers keep being served.
+//
+// # How a write invalidates
+//
+//  1. Invalidate deletes the keys (or sets tombstones, Options.TombstoneTTL)
+//     in one pipeline; a deleted or overwritten lease refuses its fill.
+//     It then bumps the keys' in-process epochs, so Fetch calls that start
+//     later never join a flight that began before.
+//  2. Write invalidates, runs fn, invalidates again (even if fn failed), and
+//     optionally once more after Options.DelayedInvalidation.
+//  3. WriteStrong (or Options.Strong) sets tombstones living
+//     Options.WriteTimeout before fn: until the invalidation after fn, every
+//     reader loads from the source and nobody fills, so a read issued after
+//     the commit sees the write.
+//  4. InvalidateNamespace and InvalidateAll bump a generation in Redis; each
+//     entry records the generations its filler knew when it took the lease,
+//     and an entry older than a known generation is a miss.
+//
+// # Races
+//
+//	R1  stale set after delete: the reader's lease, taken before its read, is
+//	    removed by the delete; its fill is refused.
+//	R2  delete, then write: the invalidation after fn removes a value filled
+//	    between the first delete and the commit.
+//	R6  out-of-order fills: only the current lease holder can fill.
+//	R10 joined an old flight: Invalidate moves the key to a new flight epoch.
+//
+// # Degradation
+//
+// Redis errors feed a circuit breaker (Options.BreakerThreshold,
+// Options.BreakerCooldown). While it is open, and on any Redis error, Fetch
+// returns the loader's value without error, still one load per key per
+// process, at most Options.MaxDegradedLoads at a time. Bytes that do not
+// decode (another writer, another format version, another Redis type) are a
+// miss; strings are replaced through the lease, other types are left alone.
+//
+// # Design notes
+//
+// The lease lives in the key rather than in a lock key beside it: a hit is
+// one GET whether or not a load is under way, and each script touches one
+// key, so Redis Cluster needs no hash tags. A lease is replaced only when
+// the key holds exactly the bytes its taker saw, so two processes that both
+// saw a stale entry cannot both take it.
+//
+// Generations are bumped to max(current+1, Redis clock in ms) rather than
+// with INCR, so a bump after Redis lost the generation key still rises above
+// what running processes remember. Processes only ever raise what they know.
+//
+// Values that concurrent callers share through one load are shared, not
+// copied: treat them as read-only.
+package cache

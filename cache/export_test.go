@@ -1,0 +1,37 @@
+package cache
+
+// Test hooks: set before the Cache is used.
+
+// SetHookBeforeFill makes a flight call f after its load, before its fill.
+func SetHookBeforeFill(c *Cache, f func(key string)) { c.hookBeforeFill = f }
+
+// SetHookAfterLoad makes a lease holder call f right after its loader returns.
+func SetHookAfterLoad(c *Cache, f func(key string)) { c.hookAfterLoad = f }
+
+// SetHookLeaseWaited makes a flight call f after each pause on another's lease.
+func SetHookLeaseWaited(c *Cache, f func(key string)) { c.hookLeaseWaited = f }
+
+// KindOf names the kind of a stored entry: value, not-found, lease,
+// tombstone, refresh, or corrupt.
+func KindOf(b []byte) string {
+	h, _, err := decodeHeader(b)
+	if err != nil {
+		return "corrupt"
+	}
+	return [...]string{"", "value", "not-found", "lease", "tombstone", "refresh"}[h.kind]
+}
+
+// GenerationsOf returns the namespace and global generations in an entry.
+func GenerationsOf(b []byte) (ns, all uint64) {
+	h, _, _ := decodeHeader(b)
+	return h.nsGen, h.allGen
+}
+
+// TTLOf returns the logical time to live recorded in an entry, in ms.
+func TTLOf(b []byte) uint64 {
+	h, _, _ := decodeHeader(b)
+	return h.ttl
+}
+
+// Namespace is namespace.
+var Namespace = namespace

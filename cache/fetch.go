@@ -1,0 +1,270 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	randv2 "math/rand/v2"
+	"runtime/debug"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Fetch returns the value of key, reading through the cache: a hit costs one
+// GET and a decode; on a miss one caller per process loads with load, under
+// a lease that keeps other processes waiting for its fill instead of loading
+// too (see the package documentation for the whole protocol).
+//
+// The load runs detached from ctx, bounded by Options.LoadTimeout, so a caller
+// whose ctx ends gets ctx.Err() at once while the others still get the value.
+// Callers that share a load share the loaded value: treat it as read-only.
+// load returns ErrNotFound for a missing row; Fetch then caches a not-found
+// entry and returns ErrNotFound until it expires or is invalidated. Any other
+// loader error is returned and nothing is cached. With Redis failing or the
+// circuit breaker open, Fetch returns the loader's value.
+func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T], opts ...FetchOption) (T, error) {
+	var zero T
+	if c.cfg.Filter != nil && !c.cfg.Filter.MayContain(ctx, key) {
+		c.stats.filterRejects.Add(1)
+		return zero, ErrNotFound
+	}
+	if !c.breaker.allow() {
+		return fetchDegraded(ctx, c, key, load)
+	}
+	g := c.gens.of(namespace(key))
+	raw, present, err := c.get(ctx, key, g)
+	c.redisResult(ctx, err)
+	var e entry
+	switch {
+	case err == nil:
+		e = c.classify(raw, present, g)
+	case ctx.Err() != nil:
+		return zero, ctx.Err()
+	case unavailable(err):
+		return fetchDegraded(ctx, c, key, load)
+	default: // Redis answered with an error: the key holds another type.
+		e.st = stForeign
+	}
+	switch e.st {
+	case stValue, stRefresh:
+		var v T
+		err := c.codec.Unmarshal(e.payload, &v)
+		if err == nil {
+			c.stats.hits.Add(1)
+			if e.st == stValue && c.cfg.EarlyRefresh > 0 && c.refreshDue(&e.h) {
+				refreshEarly(ctx, c, key, g, e, c.ttl(opts), load)
+			}
+			return v, nil
+		}
+		c.corrupted(key, err)
+		e.st = stCorrupt
+	case stNotFound:
+		c.stats.notFoundHits.Add(1)
+		return zero, ErrNotFound
+	case stCorrupt, stForeign:
+		c.corrupted(key, errCorrupt)
+	case stStale:
+		c.stats.stale.Add(1)
+	}
+	c.stats.misses.Add(1)
+	f := newFlight(c, key, g, c.ttl(opts), load)
+	return join[T](ctx, c, key, func(ctx context.Context) (any, error) { return f.run(ctx, e) })
+}
+
+// fetchDegraded answers a read without Redis.
+func fetchDegraded[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T]) (T, error) {
+	c.stats.degraded.Add(1)
+	f := newFlight(c, key, nil, 0, load)
+	return join[T](ctx, c, key, f.loadDegraded)
+}
+
+// join runs fn as the key's in-process flight, or joins the flight already
+// under way, and waits for its result or for ctx. fn runs on a context
+// detached from ctx, so that this caller leaving does not fail the others.
+func join[T any](ctx context.Context, c *Cache, key string, fn func(context.Context) (any, error)) (T, error) {
+	var zero T
+	detached := context.WithoutCancel(ctx)
+	ch := c.group.DoChan(c.flightKey(key), func() (v any, err error) {
+		// The loader's panics are caught closer to it; this catches the
+		// codec's, which would otherwise end the process from the flight's
+		// goroutine.
+		defer func() {
+			if r := recover(); r != nil {
+				v, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
+			}
+		}()
+		return fn(detached)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return zero, r.Err
+		}
+		if r.Val == nil {
+			return zero, nil
+		}
+		v, ok := r.Val.(T)
+		if !ok {
+			return zero, fmt.Errorf("cache: key %q is being loaded as %T by a concurrent call, not as %T", key, r.Val, zero)
+		}
+		return v, nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// state is what a read found in a key, judged against known generations.
+type state uint8
+
+const (
+	stAbsent    state = iota
+	stValue           // a current value
+	stNotFound        // a current not-found entry
+	stLease           // another's lease without a usable value
+	stRefresh         // another's refresh lease carrying a current value
+	stTombstone       // recently invalidated
+	stStale           // an entry older than a known generation
+	stCorrupt         // bytes that do not decode
+	stForeign         // a Redis type other than string
+)
+
+// entry is one read of a key.
+type entry struct {
+	raw     []byte // the bytes read; nil when absent
+	st      state
+	h       header
+	payload []byte // the value's codec bytes for stValue and stRefresh
+}
+
+// classify decodes what a read of a key returned.
+func (c *Cache) classify(raw []byte, present bool, g *generation) entry {
+	e := entry{raw: raw}
+	if !present {
+		return e
+	}
+	if e.raw == nil {
+		e.raw = []byte{}
+	}
+	h, p, err := decodeHeader(raw)
+	if err != nil {
+		e.st = stCorrupt
+		return e
+	}
+	e.h = h
+	switch h.kind {
+	case kindTombstone:
+		e.st = stTombstone
+		return e
+	case kindValue:
+		e.st, e.payload = stValue, p
+	case kindNotFound:
+		e.st = stNotFound
+	case kindLease:
+		e.st = stLease
+	case kindRefresh:
+		e.st, e.payload = stRefresh, p[tokenLen:]
+	}
+	// A lease stamped with an old generation is stale too: its fill would be.
+	if c.gens.stale(&h, g) {
+		e.st = stStale
+	}
+	return e
+}
+
+func (c *Cache) corrupted(key string, err error) {
+	c.stats.corrupt.Add(1)
+	c.log.Warn("cache: unreadable entry; replacing it", "key", key, "err", err)
+}
+
+// get reads key, pipelined with the generations whose refresh is due.
+func (c *Cache) get(ctx context.Context, key string, g *generation) ([]byte, bool, error) {
+	now := time.Now().UnixNano()
+	allDue, nsDue := c.gens.all.due(now, c.gens.every), g.due(now, c.gens.every)
+	if !allDue && !nsDue {
+		return c.getRaw(ctx, key)
+	}
+	claimed := make([]*generation, 0, 2)
+	if allDue {
+		claimed = append(claimed, &c.gens.all)
+	}
+	if nsDue {
+		claimed = append(claimed, g)
+	}
+	pipe := c.rdb.Pipeline()
+	get := pipe.Get(ctx, key)
+	cmds := read(ctx, pipe, claimed)
+	_, _ = pipe.Exec(ctx)
+	if err := finish(claimed, cmds, now, c.log); err != nil {
+		return nil, false, err
+	}
+	return bytesOf(get)
+}
+
+func (c *Cache) getRaw(ctx context.Context, key string) ([]byte, bool, error) {
+	return bytesOf(c.rdb.Get(ctx, key))
+}
+
+func bytesOf(cmd *redis.StringCmd) ([]byte, bool, error) {
+	b, err := cmd.Bytes()
+	switch {
+	case err == redis.Nil:
+		return nil, false, nil
+	case err != nil:
+		return nil, false, err
+	}
+	return b, true, nil
+}
+
+// refreshDue decides probabilistic early expiration (XFetch): refresh when
+// now - delta*beta*ln(rand) >= expiry, delta being the value's load time.
+func (c *Cache) refreshDue(h *header) bool {
+	now := float64(time.Now().UnixMilli())
+	gap := float64(max(h.loadDur, 1)) * c.cfg.EarlyRefresh * -math.Log(randv2.Float64())
+	return now+gap >= float64(h.expires())
+}
+
+// refreshEarly reloads key in the background through a refresh lease, while
+// readers keep getting the current value. One refresh per key per process.
+func refreshEarly[T any](ctx context.Context, c *Cache, key string, g *generation, e entry, ttl time.Duration, load LoaderFunc[T]) {
+	if _, busy := c.refreshing.LoadOrStore(key, struct{}{}); busy {
+		return
+	}
+	if !c.goBackground() {
+		c.refreshing.Delete(key)
+		return
+	}
+	f := newFlight(c, key, g, ttl, load)
+	detached := context.WithoutCancel(ctx)
+	go func() {
+		defer c.background.Done()
+		defer c.refreshing.Delete(key)
+		_, err, _ := c.group.Do(c.flightKey(key), func() (any, error) { return f.refresh(detached, e) })
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			c.log.Warn("cache: early refresh failed", "key", key, "err", err)
+		}
+	}()
+}
+
+// call runs a loader with Options.LoadTimeout and turns a panic into a
+// *PanicError.
+func (c *Cache) call(ctx context.Context, load func(context.Context) (any, error)) (v any, dur time.Duration, err error) {
+	c.stats.loads.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
+	defer cancel()
+	start := time.Now()
+	defer func() {
+		dur = time.Since(start)
+		if r := recover(); r != nil {
+			v, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
+			c.log.Error("cache: loader panicked", "panic", r)
+		}
+	}()
+	v, err = load(ctx)
+	return v, 0, err
+}
+
+func nowMs() uint64 { return uint64(time.Now().UnixMilli()) }
+
+func ms(d time.Duration) uint64 { return uint64(max(d.Milliseconds(), 0)) }

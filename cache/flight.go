@@ -1,0 +1,208 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// flight is one in-process load of a key: the code that runs once per
+// process while every concurrent Fetch of the key waits for its result.
+type flight struct {
+	c      *Cache
+	key    string
+	g      *generation // the key's namespace generation; nil when degraded
+	ttl    time.Duration
+	load   func(context.Context) (any, error)
+	decode func([]byte) (any, error)
+}
+
+func newFlight[T any](c *Cache, key string, g *generation, ttl time.Duration, load LoaderFunc[T]) *flight {
+	return &flight{
+		c: c, key: key, g: g, ttl: ttl,
+		load: func(ctx context.Context) (any, error) { return load(ctx) },
+		decode: func(b []byte) (any, error) {
+			var v T
+			err := c.codec.Unmarshal(b, &v)
+			return v, err
+		},
+	}
+}
+
+// run takes the key from what a read found in it to a value: it decodes a
+// value another process filled meanwhile, waits for another's lease, or takes
+// the lease itself and loads. It never waits past Options.LeaseWait.
+func (f *flight) run(ctx context.Context, e entry) (any, error) {
+	c := f.c
+	deadline := time.Now().Add(c.cfg.LeaseWait)
+	bo := backoff{max: c.cfg.LeasePoll}
+	waited := false
+	for {
+		switch e.st {
+		case stValue, stRefresh:
+			v, err := f.decode(e.payload)
+			if err == nil {
+				return v, nil
+			}
+			c.corrupted(f.key, err)
+			e.st = stCorrupt
+			continue
+		case stNotFound:
+			return nil, ErrNotFound
+		case stTombstone, stForeign:
+			// Recently invalidated (or not ours to replace): serve the source,
+			// fill nothing.
+			return f.loadOnly(ctx)
+		case stLease:
+			if !waited {
+				waited = true
+				c.stats.leaseWaits.Add(1)
+			}
+			if time.Now().After(deadline) {
+				c.log.Warn("cache: another process's lease outlived LeaseWait; loading without filling",
+					"key", f.key, "wait", c.cfg.LeaseWait)
+				return f.loadOnly(ctx)
+			}
+			sleep(ctx, bo.next())
+			if c.hookLeaseWaited != nil {
+				c.hookLeaseWaited(f.key)
+			}
+			raw, present, err := c.getRaw(ctx, f.key)
+			c.redisResult(ctx, err)
+			if err != nil {
+				return f.degrade(ctx)
+			}
+			e = c.classify(raw, present, f.g)
+			continue
+		}
+		// Absent, stale or corrupt: take the lease, unless the key changed
+		// since we looked, and load.
+		if time.Now().After(deadline) {
+			return f.loadOnly(ctx)
+		}
+		stamp := header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: nowMs()}
+		lease := encodeEntry(stamp, newToken())
+		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, c.cfg.LeaseTTL)
+		c.redisResult(ctx, err)
+		switch {
+		case err != nil:
+			return f.degrade(ctx)
+		case ok:
+			return f.loadAndFill(ctx, lease, stamp, nil)
+		}
+		e = c.classify(cur, present, f.g)
+	}
+}
+
+// refresh reloads a current value early (XFetch). Its refresh lease carries
+// the value, so readers keep being served while it loads.
+func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
+	c := f.c
+	now := nowMs()
+	stamp := header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: now}
+	lh := e.h
+	lh.kind = kindRefresh
+	prefix := append(appendHeader(nil, lh), newToken()...)
+	lease := append(prefix[:len(prefix):len(prefix)], e.payload...)
+	ttl := c.cfg.LeaseTTL
+	if exp := e.h.expires(); exp > now {
+		ttl = max(ttl, time.Duration(exp-now)*time.Millisecond)
+	}
+	ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl)
+	c.redisResult(ctx, err)
+	switch {
+	case err != nil:
+		return f.degrade(ctx)
+	case !ok:
+		return f.run(ctx, c.classify(cur, present, f.g))
+	}
+	c.stats.earlyRefreshes.Add(1)
+	return f.loadAndFill(ctx, prefix, stamp, &e)
+}
+
+// loadAndFill loads under the lease whose header and token are prefix and
+// stores the result (a value or a not-found entry) if the lease still holds.
+// stamp carries the generations known when the lease was taken: a bump after
+// it makes the fill stale, as the load may predate the bump. restore is the
+// entry a refresh lease replaced, put back if the load fails.
+func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, restore *entry) (any, error) {
+	c := f.c
+	v, dur, err := c.call(ctx, f.load)
+	if c.hookAfterLoad != nil {
+		c.hookAfterLoad(f.key)
+	}
+	h := header{nsGen: stamp.nsGen, allGen: stamp.allGen, filled: nowMs(), loadDur: max(ms(dur), 1)}
+	var stored []byte
+	var ttl time.Duration
+	switch {
+	case errors.Is(err, ErrNotFound):
+		v, err = nil, ErrNotFound
+		ttl = c.jittered(c.cfg.NotFoundTTL)
+		h.kind, h.ttl = kindNotFound, ms(ttl)
+		stored = encodeEntry(h)
+	case err != nil:
+		f.giveBack(ctx, prefix, restore)
+		return nil, err
+	default:
+		data, merr := c.codec.Marshal(v)
+		if merr != nil {
+			c.log.Error("cache: cannot encode value; not cached", "key", f.key, "err", merr)
+			f.giveBack(ctx, prefix, restore)
+			return v, nil
+		}
+		ttl = c.jittered(f.ttl)
+		h.kind, h.ttl = kindValue, ms(ttl)
+		stored = encodeEntry(h, data)
+	}
+	if c.hookBeforeFill != nil {
+		c.hookBeforeFill(f.key)
+	}
+	ok, ferr := c.fill(ctx, f.key, prefix, stored, ttl)
+	c.redisResult(ctx, ferr)
+	if ferr == nil && !ok {
+		c.stats.fillsRefused.Add(1)
+		c.log.Debug("cache: fill refused: the key was invalidated during the load", "key", f.key)
+	}
+	return v, err
+}
+
+// giveBack ends a lease after a failed load: it restores the entry a refresh
+// lease replaced, or deletes a plain lease so that waiters retry at once.
+func (f *flight) giveBack(ctx context.Context, prefix []byte, restore *entry) {
+	var entry []byte
+	var ttl time.Duration
+	if restore != nil {
+		if exp, now := restore.h.expires(), nowMs(); exp > now {
+			entry, ttl = restore.raw, time.Duration(exp-now)*time.Millisecond
+		}
+	}
+	_, err := f.c.fill(ctx, f.key, prefix, entry, ttl)
+	f.c.redisResult(ctx, err)
+}
+
+// loadOnly loads without touching Redis.
+func (f *flight) loadOnly(ctx context.Context) (any, error) {
+	v, _, err := f.c.call(ctx, f.load)
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	return v, err
+}
+
+// degrade finishes a flight whose Redis call failed.
+func (f *flight) degrade(ctx context.Context) (any, error) {
+	f.c.stats.degraded.Add(1)
+	return f.loadDegraded(ctx)
+}
+
+// loadDegraded loads without Redis, within Options.MaxDegradedLoads.
+func (f *flight) loadDegraded(ctx context.Context) (any, error) {
+	wctx, cancel := context.WithTimeout(ctx, f.c.cfg.LoadTimeout)
+	defer cancel()
+	release, err := f.c.degradedSlot(wctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return f.loadOnly(ctx)
+}

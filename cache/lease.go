@@ -1,0 +1,128 @@
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"fmt"
+	randv2 "math/rand/v2"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The lease protocol keeps the lease in the key itself, so a hit stays one
+// GET and every script touches one key (Cluster-safe without hash tags):
+//
+//  1. A reader that misses installs a lease entry (lease.lua) before it reads
+//     the source, unless the key changed since it looked.
+//  2. It loads, then fills with fill.lua, which stores the value only while
+//     the key still holds its lease.
+//  3. Invalidate deletes the key or overwrites it with a tombstone. Either
+//     removes any lease, so a fill whose read may predate the invalidation
+//     is refused (races R1 and R6): only reads that began after the last
+//     invalidation can fill.
+//  4. Readers that find another's lease poll with jittered backoff until a
+//     value appears, the lease vanishes (they start over) or LeaseWait passes
+//     (they load without filling). Leases expire after LeaseTTL, so a holder
+//     that dies delays readers by at most that long.
+
+var (
+	//go:embed lease.lua
+	leaseSrc string
+	//go:embed fill.lua
+	fillSrc string
+
+	leaseScript = redis.NewScript(leaseSrc)
+	fillScript  = redis.NewScript(fillSrc)
+)
+
+// newToken returns a random lease token.
+func newToken() []byte {
+	b := make([]byte, tokenLen)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics on a broken source)
+	return b
+}
+
+// acquire installs lease at key if the key is absent or holds seen (nil:
+// the caller saw it absent). When it does not, it returns what the key holds.
+func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl time.Duration) (ok bool, cur []byte, present bool, err error) {
+	if seen == nil {
+		seen = []byte{}
+	}
+	res, err := leaseScript.Run(ctx, c.rdb, []string{key}, seen, lease, ttl.Milliseconds()).Result()
+	if err != nil {
+		return false, nil, false, err
+	}
+	switch v := res.(type) {
+	case int64:
+		return v == 1, nil, false, nil
+	case string:
+		return false, []byte(v), true, nil
+	}
+	return false, nil, false, fmt.Errorf("cache: lease script returned %T", res)
+}
+
+// fill stores entry at key with ttl if the key still holds the lease whose
+// header and token are prefix; an empty entry deletes the key instead.
+func (c *Cache) fill(ctx context.Context, key string, prefix, entry []byte, ttl time.Duration) (bool, error) {
+	if entry == nil {
+		entry = []byte{}
+	}
+	n, err := fillScript.Run(ctx, c.rdb, []string{key}, prefix, entry, max(ttl.Milliseconds(), 1)).Int64()
+	return n == 1, err
+}
+
+// runPipelined runs script once per key in one pipeline; args gives the key
+// and the arguments of call i. Calls that meet an empty script cache are
+// run again one by one with the script's source. It returns every call's
+// command and the first error other than redis.Nil.
+func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Script, n int, args func(i int) (string, []any)) ([]*redis.Cmd, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.Cmd, n)
+	for i := range n {
+		k, a := args(i)
+		cmds[i] = s.EvalSha(ctx, pipe, []string{k}, a...)
+	}
+	_, _ = pipe.Exec(ctx)
+	var first error
+	for i, cmd := range cmds {
+		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			k, a := args(i)
+			cmds[i] = s.Run(ctx, rdb, []string{k}, a...)
+		}
+		if err := cmds[i].Err(); err != nil && err != redis.Nil && first == nil {
+			first = err
+		}
+	}
+	return cmds, first
+}
+
+// backoff yields growing, jittered pauses for polling another's lease.
+type backoff struct {
+	cur, max time.Duration
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = max(b.max/8, 100*time.Microsecond)
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	return b.cur/2 + randv2.N(b.cur/2+1)
+}
+
+// sleep pauses for d or until ctx ends, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

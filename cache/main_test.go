@@ -1,0 +1,170 @@
+package cache_test
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/cache"
+	"github.com/cacheaside/cacheaside/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	testenv.Main(m, &env, testenv.Children{"stampede": stampedeChild})
+}
+
+// user is the row type the tests cache.
+type user struct {
+	ID   int64  `json:"id"`
+	Name string `json:"name"`
+}
+
+// fixture is one test's database (a users table holding ann and bob), Redis
+// client and key namespace.
+type fixture struct {
+	t     testing.TB
+	db    *sql.DB
+	rdb   *redis.Client
+	base  string       // unique start of this test's keys and namespaces
+	loads atomic.Int64 // calls of loaders made by loader
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	db, _ := env.NewDatabase(t)
+	_, err := db.Exec("CREATE TABLE users (id BIGINT PRIMARY KEY, name VARCHAR(64) NOT NULL)")
+	require.NoError(t, err)
+	_, err = db.Exec("INSERT INTO users VALUES (1, 'ann'), (2, 'bob')")
+	require.NoError(t, err)
+	f := &fixture{t: t, db: db, rdb: env.RedisClient(t), base: uniqueBase(t)}
+	return f
+}
+
+// uniqueBase returns a key start that only this test uses, without a ':' so
+// that a test can make several namespaces, and deletes its keys at the end.
+func uniqueBase(t testing.TB) string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	base := "k" + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		c := env.NewRedis(&redis.Options{MaxRetries: -1})
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		iter := c.Scan(ctx, 0, base+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
+	})
+	return base
+}
+
+// key returns the cache key of user id in namespace ns of this test.
+func (f *fixture) key(ns string, id int64) string {
+	return f.base + ns + ":" + strconv.FormatInt(id, 10)
+}
+
+// cache returns a Cache on the fixture's Redis (a new client per call, like
+// another process would have), closed at the end of the test.
+func (f *fixture) cache(opts *cache.Options) *cache.Cache {
+	f.t.Helper()
+	o := cache.Options{}
+	if opts != nil {
+		o = *opts
+	}
+	if o.Prefix == "" {
+		o.Prefix = f.base + "-gen:"
+	}
+	c := cache.New(env.RedisClient(f.t), &o)
+	f.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// loader reads user id from MariaDB, counting its calls.
+func (f *fixture) loader(id int64) cache.LoaderFunc[user] {
+	return func(ctx context.Context) (user, error) {
+		f.loads.Add(1)
+		return f.query(ctx, id)
+	}
+}
+
+func (f *fixture) query(ctx context.Context, id int64) (user, error) {
+	u := user{}
+	err := f.db.QueryRowContext(ctx, "SELECT id, name FROM users WHERE id = ?", id).Scan(&u.ID, &u.Name)
+	if errors.Is(err, sql.ErrNoRows) {
+		return u, cache.ErrNotFound
+	}
+	return u, err
+}
+
+// rename commits a new name for user id.
+func (f *fixture) rename(id int64, name string) {
+	f.t.Helper()
+	_, err := f.db.Exec("UPDATE users SET name = ? WHERE id = ?", name, id)
+	require.NoError(f.t, err)
+}
+
+// stored returns the bytes in key, nil when absent.
+func (f *fixture) stored(key string) []byte {
+	f.t.Helper()
+	b, err := f.rdb.Get(context.Background(), key).Bytes()
+	if err == redis.Nil {
+		return nil
+	}
+	require.NoError(f.t, err)
+	return b
+}
+
+// kind names what key holds: absent, value, not-found, lease, tombstone,
+// refresh or corrupt.
+func (f *fixture) kind(key string) string {
+	b := f.stored(key)
+	if b == nil {
+		return "absent"
+	}
+	return cache.KindOf(b)
+}
+
+// mustNotLoad is a loader that fails the test: the value must come from Redis.
+func mustNotLoad(t testing.TB) cache.LoaderFunc[user] {
+	return func(context.Context) (user, error) {
+		t.Error("loader called; the value should have come from Redis")
+		return user{}, errors.New("unexpected load")
+	}
+}
+
+// counter counts the commands a client sends (a pipeline counts once).
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+// counted returns a client whose round trips are counted.
+func counted(t testing.TB) (*redis.Client, *counter) {
+	rdb := env.RedisClient(t)
+	n := &counter{}
+	rdb.AddHook(n)
+	return rdb, n
+}

@@ -1,0 +1,170 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// invalidateChunk bounds the keys sent in one pipeline.
+const invalidateChunk = 512
+
+// Invalidate removes keys from the cache: it deletes them, or with
+// Options.TombstoneTTL leaves a tombstone that makes readers load from the
+// source without filling until it expires. Either way it replaces any lease,
+// so a load that began before Invalidate can no longer fill (races R1, R6),
+// and loads under way in this process are not joined by Fetch calls that
+// start after Invalidate returned (race R10). It returns nil only after Redis
+// acknowledged every key.
+func (c *Cache) Invalidate(ctx context.Context, keys ...string) error {
+	return c.invalidate(ctx, keys, c.cfg.TombstoneTTL)
+}
+
+// invalidate deletes keys (tomb == 0) or sets tombstones living tomb.
+func (c *Cache) invalidate(ctx context.Context, keys []string, tomb time.Duration) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	// New flights only after Redis acknowledged: a flight that started
+	// before could still have read the old row.
+	defer c.bumpEpochs(keys)
+	var stone []byte
+	if tomb > 0 {
+		stone = encodeEntry(header{kind: kindTombstone, filled: nowMs(), ttl: ms(tomb)})
+	}
+	for len(keys) > 0 {
+		chunk := keys[:min(len(keys), invalidateChunk)]
+		keys = keys[len(chunk):]
+		var err error
+		if len(chunk) == 1 && stone == nil {
+			err = c.rdb.Del(ctx, chunk[0]).Err()
+		} else {
+			pipe := c.rdb.Pipeline()
+			for _, k := range chunk {
+				if stone != nil {
+					pipe.Set(ctx, k, stone, tomb)
+				} else {
+					pipe.Del(ctx, k)
+				}
+			}
+			_, err = pipe.Exec(ctx)
+		}
+		c.redisResult(ctx, err)
+		if err != nil {
+			return fmt.Errorf("cache: invalidate: %w", err)
+		}
+		c.stats.invalidations.Add(uint64(len(chunk)))
+	}
+	return nil
+}
+
+// InvalidateNamespace turns every entry of each namespace into a miss in
+// O(1), by bumping the namespace's generation (a key's namespace is the text
+// before its first ':'). This process sees the bump at once, other processes
+// within Options.GenerationRefresh. Entries are not deleted: they are
+// replaced as they are read, or expire.
+func (c *Cache) InvalidateNamespace(ctx context.Context, namespaces ...string) error {
+	if len(namespaces) == 0 {
+		return nil
+	}
+	list := make([]*generation, len(namespaces))
+	for i, ns := range namespaces {
+		list[i] = c.gens.of(ns)
+	}
+	return c.bump(ctx, list)
+}
+
+// InvalidateAll turns every entry into a miss in O(1), by bumping the global
+// generation. Other processes see it within Options.GenerationRefresh.
+func (c *Cache) InvalidateAll(ctx context.Context) error {
+	return c.bump(ctx, []*generation{&c.gens.all})
+}
+
+func (c *Cache) bump(ctx context.Context, list []*generation) error {
+	defer c.allEpoch.Add(1)
+	err := c.gens.bump(ctx, c.rdb, list)
+	c.redisResult(ctx, err)
+	if err != nil {
+		return fmt.Errorf("cache: bump generation: %w", err)
+	}
+	c.stats.invalidations.Add(uint64(len(list)))
+	return nil
+}
+
+// Write runs fn, the source-of-truth write of the rows behind keys, between
+// two invalidations of keys: one before, one after fn returns (even when fn
+// fails, as a failed commit may have committed), plus one more after
+// Options.DelayedInvalidation when set. The invalidation after fn closes
+// race R2 (a reader filling the old row between the first one and the
+// commit). With Options.Strong, Write is WriteStrong.
+//
+// Write returns fn's error. Invalidation errors are logged and counted, not
+// returned, as the write itself is done: the binlog invalidator and the TTL
+// are the backstop.
+func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
+	if c.cfg.Strong {
+		return c.WriteStrong(ctx, keys, fn)
+	}
+	if err := c.Invalidate(ctx, keys...); err != nil {
+		c.log.Warn("cache: invalidation before write failed", "keys", len(keys), "err", err)
+	}
+	err := fn(ctx)
+	c.afterWrite(ctx, keys)
+	return err
+}
+
+// WriteStrong is Write with read-your-writes: before fn it sets tombstones
+// on keys that live Options.WriteTimeout, so from then until the
+// invalidation after fn no reader fills or is served a cached value: reads
+// go to the source, and see the write as soon as it commits. fn's context
+// ends with the tombstones, so a write cannot outlive its protection.
+//
+// If the tombstones cannot be set, fn is not run and the error is returned.
+func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
+	if err := c.invalidate(ctx, keys, c.cfg.WriteTimeout); err != nil {
+		return fmt.Errorf("cache: strong write: %w", err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+	err := fn(fctx)
+	cancel()
+	c.afterWrite(ctx, keys)
+	return err
+}
+
+// afterWrite invalidates keys after a write, even if ctx has ended (the
+// write may have committed), and schedules the delayed invalidation.
+func (c *Cache) afterWrite(ctx context.Context, keys []string) {
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.WriteTimeout)
+	defer cancel()
+	if err := c.Invalidate(ictx, keys...); err != nil {
+		c.log.Error("cache: invalidation after write failed; the cache may serve the old rows until the binlog invalidator or the TTL removes them",
+			"keys", len(keys), "err", err)
+	}
+	if c.cfg.DelayedInvalidation > 0 && len(keys) > 0 {
+		c.invalidateLater(append([]string(nil), keys...))
+	}
+}
+
+// invalidateLater invalidates keys after Options.DelayedInvalidation. Close
+// cancels it if it has not started and waits for it if it has.
+func (c *Cache) invalidateLater(keys []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.background.Add(1)
+	var t *time.Timer
+	t = time.AfterFunc(c.cfg.DelayedInvalidation, func() {
+		defer c.background.Done()
+		c.mu.Lock()
+		delete(c.timers, t)
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.WriteTimeout)
+		defer cancel()
+		if err := c.Invalidate(ctx, keys...); err != nil {
+			c.log.Warn("cache: delayed invalidation failed", "keys", len(keys), "err", err)
+		}
+	})
+	c.timers[t] = struct{}{}
+}
