@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"log/slog"
+	"strings"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -130,7 +132,7 @@ func exec(t testing.TB, db *sql.DB, queries ...string) {
 // runErr runs a stream until it returns on its own, or fails after timeout.
 func runErr(t testing.TB, cfg binlog.Config, from binlog.Position, timeout time.Duration) error {
 	t.Helper()
-	s, err := binlog.New(cfg, &binlog.Options{MaxBackoff: 200 * time.Millisecond})
+	s, err := binlog.New(cfg, &binlog.Options{MaxBackoff: 200 * time.Millisecond, Logger: testLogger(t)})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -162,4 +164,16 @@ func masterPos(t testing.TB, db *sql.DB) binlog.Position {
 	var g sql.NullString
 	require.NoError(t, db.QueryRow("SELECT BINLOG_GTID_POS(?, ?)", file, pos).Scan(&g))
 	return binlog.Position{File: file, Offset: pos, GTIDSet: g.String}
+}
+
+// testLogger logs through t.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

@@ -199,7 +199,8 @@ var dataTypes = map[string][]byte{
 	"geomcollection":     geometryTypes,
 }
 
-// enumValues reads the names from a COLUMN_TYPE like enum('a','b”c').
+// enumValues reads the names from a COLUMN_TYPE like enum('a','b'), where
+// a quote inside a name is doubled.
 func enumValues(colType string) []string {
 	open := strings.IndexByte(colType, '(')
 	if open < 0 {

@@ -403,15 +403,21 @@ func replicationErrorCode(err error) uint16 {
 
 // transientCodes are server errors that a later attempt may not see.
 var transientCodes = map[uint16]bool{
-	1040: true,                                     // too many connections
-	1053: true,                                     // server shutdown in progress
-	1152: true,                                     // aborted connection
-	1158: true, 1159: true, 1160: true, 1161: true, // network read/write errors
-	1205: true,                                     // lock wait timeout
-	1213: true,                                     // deadlock
-	1317: true,                                     // query interrupted
-	1927: true,                                     // connection killed (MariaDB)
-	2002: true, 2003: true, 2006: true, 2013: true, // client-side connection errors
+	1040: true, // too many connections
+	1053: true, // server shutdown in progress
+	1152: true, // aborted connection
+	1158: true, // network read error
+	1159: true, // network read timeout
+	1160: true, // network write error
+	1161: true, // network write timeout
+	1205: true, // lock wait timeout
+	1213: true, // deadlock
+	1317: true, // query interrupted
+	1927: true, // connection killed (MariaDB)
+	2002: true, // client: cannot connect (socket)
+	2003: true, // client: cannot connect (TCP)
+	2006: true, // client: server has gone away
+	2013: true, // client: lost connection during query
 }
 
 // transient reports whether err may go away on a new connection: network
