@@ -169,7 +169,7 @@ type Stats struct {
 	Absent   uint64 // MayContain calls that answered "cannot contain"
 	FailOpen uint64 // MayContain calls that answered "may contain" with no filter to ask: not warm, missing, unreachable, mismatched
 	Local    uint64 // MayContain calls answered by the local copy
-	Added    uint64 // keys written by Add
+	Added    uint64 // keys Add wrote to at least one version
 	Live     bool   // the local copy is loaded and Run is receiving adds
 	Version  uint64 // current version as last read, 0 for none
 }
@@ -246,9 +246,16 @@ func (f *Filter) MayContain(ctx context.Context, key string) bool {
 		return f.failOpen()
 	}
 	v := st.cur
-	res, err := testScript.Run(ctx, f.rdb, []string{f.bitmapKey(v.id)}, v.offsets(key)...).Int()
+	var buf [160]byte
+	offsets := string(v.appendOffsets(buf[:0], key))
+	res, err := testScript.Run(ctx, f.rdb, []string{f.bitmapKey(v.id)}, offsets).Int()
 	switch {
 	case err != nil:
+		if ctx.Err() == nil {
+			// Redis is failing: answer at once for a while rather than have
+			// every lookup wait for the client's timeouts.
+			f.state.CompareAndSwap(st, &state{err: err, read: time.Now()})
+		}
 		return f.failOpen()
 	case res < 0:
 		// The bitmap is gone: a rebuild dropped it after swapping in a new
@@ -324,7 +331,9 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 			return fmt.Errorf("bloom: add: %w", err)
 		}
 	}
-	f.stats.added.Add(uint64(len(keys)))
+	if len(st.targets()) > 0 {
+		f.stats.added.Add(uint64(len(keys)))
+	}
 	if lc := f.local.Load(); lc != nil && containsVersion(st.targets(), lc.v) {
 		lc.add(keys)
 	}
@@ -338,7 +347,7 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 
 // addBatch bounds the offsets one script call sets, so that a large Add
 // does not hold Redis for long.
-const addBatch = 512
+const addBatch = 1024
 
 // write sets the bits of keys in versions and publishes them for the local
 // copies, in one pipeline that first runs pre. It reports whether one of
@@ -356,12 +365,11 @@ func (f *Filter) write(ctx context.Context, versions []*version, keys []string, 
 				continue // unknown bit locations: Add reports the mismatch
 			}
 			for i := 0; i < len(keys); i += addBatch {
-				batch := keys[i:min(i+addBatch, len(keys))]
-				var args []any
-				for _, key := range batch {
-					args = append(args, v.offsets(key)...)
+				var offsets []byte
+				for _, key := range keys[i:min(i+addBatch, len(keys))] {
+					offsets = v.appendOffsets(offsets, key)
 				}
-				adds = append(adds, addScript.EvalSha(ctx, p, []string{f.bitmapKey(v.id)}, args...))
+				adds = append(adds, addScript.EvalSha(ctx, p, []string{f.bitmapKey(v.id)}, string(offsets)))
 			}
 			msg = appendAddMsg(msg, v, keys)
 		}
@@ -489,14 +497,15 @@ func parseVersion(s string) (*version, bool) {
 
 func (v *version) params() Params { return Params{M: v.m, K: v.k, Hash: v.hash} }
 
-// offsets returns the SETBIT offsets of key: bloom/v3's locations mod m.
-func (v *version) offsets(key string) []any {
-	locs := bloomv3.Locations([]byte(key), uint(v.k))
-	out := make([]any, len(locs))
-	for i, l := range locs {
-		out[i] = l % v.m
+// appendOffsets appends the SETBIT offsets of key (bloom/v3's locations
+// mod m) to buf as decimals, each followed by a space: the scripts take
+// them as one argument.
+func (v *version) appendOffsets(buf []byte, key string) []byte {
+	for _, l := range bloomv3.Locations([]byte(key), uint(v.k)) {
+		buf = strconv.AppendUint(buf, l%v.m, 10)
+		buf = append(buf, ' ')
 	}
-	return out
+	return buf
 }
 
 func containsVersion(vs []*version, v *version) bool {
@@ -574,6 +583,11 @@ func (f *Filter) params(ctx context.Context) (*state, error) {
 	}
 	h, err := f.rdb.HGetAll(ctx, f.key).Result()
 	if err != nil {
+		if ctx.Err() == nil {
+			// Remembered as unusable until the next read is due, so that
+			// lookups fail open at once while Redis is unreachable.
+			f.state.Store(&state{err: err, read: time.Now()})
+		}
 		return nil, err
 	}
 	st = f.parse(h)
