@@ -191,13 +191,6 @@ func finish(claimed []*generation, cmds []*redis.StringCmd, now int64, log *slog
 	return first
 }
 
-// release gives up claims whose reads were never sent.
-func release(claimed []*generation) {
-	for _, g := range claimed {
-		g.reading.Store(false)
-	}
-}
-
 // bump raises the generations in Redis, pipelined, and learns the results.
 func (gs *generations) bump(ctx context.Context, rdb redis.UniversalClient, list []*generation) error {
 	cmds, err := runPipelined(ctx, rdb, bumpScript, len(list), func(i int) (string, []any) {

@@ -1,0 +1,137 @@
+package cache_test
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/cache"
+)
+
+// batchLoader loads users by key from MariaDB, recording each call's keys.
+type batchLoader struct {
+	f     *fixture
+	ids   map[string]int64
+	mu    sync.Mutex
+	calls [][]string
+}
+
+func (b *batchLoader) load(ctx context.Context, keys []string) (map[string]user, error) {
+	b.mu.Lock()
+	b.calls = append(b.calls, append([]string(nil), keys...))
+	b.mu.Unlock()
+	m := map[string]user{}
+	for _, k := range keys {
+		u, err := b.f.query(ctx, b.ids[k])
+		if err == cache.ErrNotFound {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		m[k] = u
+	}
+	return m, nil
+}
+
+func sorted(s []string) []string {
+	s = append([]string(nil), s...)
+	sort.Strings(s)
+	return s
+}
+
+func TestFetchMany(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		client func(t *testing.T) (redis.UniversalClient, *counter)
+	}{
+		{"Client", func(t *testing.T) (redis.UniversalClient, *counter) { return counted(t) }},
+		{"Ring", func(t *testing.T) (redis.UniversalClient, *counter) {
+			r := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": env.RedisAddr()}})
+			t.Cleanup(func() { r.Close() })
+			n := &counter{}
+			r.AddHook(n)
+			return r, n
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			rdb, calls := tc.client(t)
+			c := cache.New(rdb, &cache.Options{Prefix: f.base + "-gen:"})
+			defer c.Close()
+			k1, k2, k3 := f.key("user", 1), f.key("user", 2), f.key("user", 3)
+			bl := &batchLoader{f: f, ids: map[string]int64{k1: 1, k2: 2, k3: 3}}
+			_, err := cache.Fetch(ctx, c, k1, f.loader(1))
+			require.NoError(t, err)
+
+			m, err := cache.FetchMany(ctx, c, []string{k1, k2, k3, k2}, bl.load)
+			require.NoError(t, err)
+			assert.Equal(t, map[string]user{k1: {1, "ann"}, k2: {2, "bob"}}, m)
+			require.Len(t, bl.calls, 1, "one loader call for all missing keys")
+			assert.Equal(t, sorted([]string{k2, k3}), sorted(bl.calls[0]))
+			assert.Equal(t, "value", f.kind(k2))
+			assert.Equal(t, "not-found", f.kind(k3))
+
+			calls.n.Store(0)
+			m, err = cache.FetchMany(ctx, c, []string{k1, k2, k3}, bl.load)
+			require.NoError(t, err)
+			assert.Len(t, m, 2)
+			assert.Len(t, bl.calls, 1, "all hits")
+			assert.Equal(t, int64(1), calls.n.Load(), "one round trip on the hit path")
+			s := c.Stats()
+			assert.Equal(t, uint64(1), s.NotFoundHits)
+		})
+	}
+}
+
+func TestFetchManyWaitsForAnotherProcess(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	holder, batcher := f.cache(nil), f.cache(nil)
+	k1, k2 := f.key("user", 1), f.key("user", 2)
+	bl := &batchLoader{f: f, ids: map[string]int64{k1: 1, k2: 2}}
+	loaded, resume := make(chan struct{}), make(chan struct{})
+	cache.SetHookBeforeFill(holder, func(string) { close(loaded); <-resume })
+	var once sync.Once
+	cache.SetHookLeaseWaited(batcher, func(string) { once.Do(func() { close(resume) }) })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := cache.Fetch(ctx, holder, k1, f.loader(1))
+		assert.NoError(t, err)
+	}()
+	<-loaded // holder has k1's lease
+	m, err := cache.FetchMany(ctx, batcher, []string{k1, k2}, bl.load)
+	require.NoError(t, err)
+	<-done
+	assert.Equal(t, map[string]user{k1: {1, "ann"}, k2: {2, "bob"}}, m)
+	require.Len(t, bl.calls, 1)
+	assert.Equal(t, []string{k2}, bl.calls[0], "k1 came from the holder's fill")
+	assert.Equal(t, int64(1), f.loads.Load())
+}
+
+func TestFetchManyInvalidatedDuringLoad(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c, w := f.cache(nil), f.cache(nil)
+	k1 := f.key("user", 1)
+	var once sync.Once
+	cache.SetHookBeforeFill(c, func(string) {
+		once.Do(func() {
+			f.rename(1, "ann-v2")
+			assert.NoError(t, w.Invalidate(ctx, k1))
+		})
+	})
+	bl := &batchLoader{f: f, ids: map[string]int64{k1: 1}}
+	m, err := cache.FetchMany(ctx, c, []string{k1}, bl.load)
+	require.NoError(t, err)
+	assert.Equal(t, "ann", m[k1].Name)
+	assert.Equal(t, "absent", f.kind(k1), "the fill was refused (R1)")
+	assert.Equal(t, uint64(1), c.Stats().FillsRefused)
+}
