@@ -276,7 +276,7 @@ func TestConcurrentBuilds(t *testing.T) {
 	ctx := context.Background()
 	key := env.Prefix(t) + "bloom"
 	opts := fastOpts(1000)
-	opts.BuildTimeout = 300 * time.Millisecond
+	opts.BuildTimeout = time.Second
 	a, _ := newFilter(t, key, opts)
 	b, rdb := newFilter(t, key, opts)
 	require.NoError(t, a.Warm(ctx, keyRange("user:", 0, 100)))

@@ -280,11 +280,12 @@ func (f *Filter) failOpen() bool {
 
 // Add records keys in every version of the filter: the current one, one
 // being built and one being dropped. Call it for every new row, from the
-// writer's process and from the binlog invalidator; a key added before the
-// row commits (a false positive if the transaction rolls back) leaves no
-// window in which a reader is told the new row cannot exist. An error
-// means some keys may be missing from Redis: retry. Before the filter is
-// warmed, Add has nothing to write and returns nil.
+// writer's process and from the binlog invalidator. An Add before the row
+// commits (a false positive if the transaction rolls back) leaves no window
+// in which a reader is told the new row cannot exist; an Add after the
+// commit (the invalidator's) is the one a concurrent rebuild relies on. An
+// error means some keys may be missing from Redis: retry. Before the filter
+// is warmed, Add has nothing to write and returns nil.
 //
 // Add reads the parameters in the same round trip as it writes, and writes
 // again to any version it did not know of. So an Add that returned before a
@@ -322,20 +323,35 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 		if err != nil {
 			return fmt.Errorf("bloom: add: %w", err)
 		}
-		gone = gone || g
+		gone = append(gone, g...)
 	}
-	if gone {
-		// A bitmap this process knew of is missing: tell the local copies,
-		// which may hold it, to reload (and answer "may contain" meanwhile).
+	for _, v := range gone {
+		if !containsVersion(st.targets(), v) {
+			continue // dropped by a rebuild, which told the local copies
+		}
+		// A listed bitmap is missing (deleted by hand, or lost with Redis
+		// data): tell the local copies, which may hold it, to reload. Until
+		// the filter is rebuilt, every instance answers "may contain".
 		if err := f.rdb.Publish(ctx, f.channel(), msgReload).Err(); err != nil {
 			return fmt.Errorf("bloom: add: %w", err)
 		}
+		break
 	}
 	if len(st.targets()) > 0 {
 		f.stats.added.Add(uint64(len(keys)))
 	}
-	if lc := f.local.Load(); lc != nil && containsVersion(st.targets(), lc.v) {
-		lc.add(keys)
+	if f.local.Load() != nil {
+		// Under reloadMu: a reload that read the bitmap before our write
+		// must not replace the copy after we added to it.
+		f.reloadMu.Lock()
+		if lc := f.local.Load(); lc != nil && containsVersion(st.targets(), lc.v) {
+			lc.add(keys)
+		} else if lc != nil {
+			// The copy's version is no longer listed: Run has not caught up
+			// with a rebuild yet. Ask Redis until it has.
+			f.local.CompareAndSwap(lc, nil)
+		}
+		f.reloadMu.Unlock()
 	}
 	for _, v := range st.targets() {
 		if v.hash != HashVersion {
@@ -350,10 +366,14 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 const addBatch = 1024
 
 // write sets the bits of keys in versions and publishes them for the local
-// copies, in one pipeline that first runs pre. It reports whether one of
-// the bitmaps was missing.
-func (f *Filter) write(ctx context.Context, versions []*version, keys []string, pre func(redis.Pipeliner)) (gone bool, err error) {
-	var adds []*redis.Cmd
+// copies, in one pipeline that first runs pre. It returns the versions
+// whose bitmap was missing.
+func (f *Filter) write(ctx context.Context, versions []*version, keys []string, pre func(redis.Pipeliner)) (gone []*version, err error) {
+	type add struct {
+		v   *version
+		cmd *redis.Cmd
+	}
+	var adds []add
 	_, err = f.pipe(ctx, func(p redis.Pipeliner) {
 		adds = adds[:0]
 		if pre != nil {
@@ -369,7 +389,7 @@ func (f *Filter) write(ctx context.Context, versions []*version, keys []string, 
 				for _, key := range keys[i:min(i+addBatch, len(keys))] {
 					offsets = v.appendOffsets(offsets, key)
 				}
-				adds = append(adds, addScript.EvalSha(ctx, p, []string{f.bitmapKey(v.id)}, string(offsets)))
+				adds = append(adds, add{v, addScript.EvalSha(ctx, p, []string{f.bitmapKey(v.id)}, string(offsets))})
 			}
 			msg = appendAddMsg(msg, v, keys)
 		}
@@ -378,11 +398,11 @@ func (f *Filter) write(ctx context.Context, versions []*version, keys []string, 
 		}
 	})
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	for _, c := range adds {
-		if n, _ := c.Int(); n == 0 {
-			gone = true
+	for _, a := range adds {
+		if n, _ := a.cmd.Int(); n == 0 && !containsVersion(gone, a.v) {
+			gone = append(gone, a.v)
 		}
 	}
 	return gone, nil

@@ -237,8 +237,7 @@ func appendAddMsg(msg []byte, v *version, keys []string) []byte {
 	if len(msg) == 0 {
 		msg = append(msg, 'a')
 	}
-	msg = binary.AppendUvarint(msg, v.id)
-	msg = binary.AppendUvarint(msg, uint64(len(keys))*v.k)
+	msg = appendUvarints(msg, v.id, uint64(len(keys))*v.k)
 	for _, key := range keys {
 		for _, l := range bloomv3.Locations([]byte(key), uint(v.k)) {
 			msg = binary.AppendUvarint(msg, l%v.m)
@@ -255,30 +254,42 @@ func (f *Filter) apply(ctx context.Context, payload string) error {
 		return f.reload(ctx)
 	}
 	lc := f.local.Load()
-	b := []byte(payload)
+	return decodeAddMsg([]byte(payload), func(id uint64, offsets []uint64) {
+		if lc != nil && lc.v.id == id {
+			lc.set(offsets)
+		}
+	})
+}
+
+var errMalformed = errors.New("bloom: malformed add message")
+
+// decodeAddMsg calls fn with the offsets of each version in an add message.
+func decodeAddMsg(b []byte, fn func(id uint64, offsets []uint64)) error {
 	if len(b) == 0 || b[0] != 'a' {
-		return nil // not ours
+		return errMalformed
 	}
 	b = b[1:]
 	for len(b) > 0 {
-		id, n1 := binary.Uvarint(b)
-		count, n2 := binary.Uvarint(b[max(n1, 0):])
-		if n1 <= 0 || n2 <= 0 {
-			return errors.New("bloom: malformed add message")
+		id, n := binary.Uvarint(b)
+		if n <= 0 {
+			return errMalformed
 		}
-		b = b[n1+n2:]
-		offsets := make([]uint64, 0, min(count, uint64(len(b))))
+		b = b[n:]
+		count, n := binary.Uvarint(b)
+		if n <= 0 || count > uint64(len(b)) { // every offset takes a byte at least
+			return errMalformed
+		}
+		b = b[n:]
+		offsets := make([]uint64, 0, count)
 		for range count {
 			o, n := binary.Uvarint(b)
 			if n <= 0 {
-				return errors.New("bloom: malformed add message")
+				return errMalformed
 			}
 			offsets = append(offsets, o)
 			b = b[n:]
 		}
-		if lc != nil && lc.v.id == id {
-			lc.set(offsets)
-		}
+		fn(id, offsets)
 	}
 	return nil
 }
@@ -310,4 +321,11 @@ func bitsetWords(b []byte, m uint64) []uint64 {
 		words[len(words)-1] &= 1<<r - 1
 	}
 	return words
+}
+
+func appendUvarints(b []byte, xs ...uint64) []byte {
+	for _, x := range xs {
+		b = binary.AppendUvarint(b, x)
+	}
+	return b
 }
