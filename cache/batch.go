@@ -5,9 +5,6 @@ import (
 	"errors"
 	"runtime/debug"
 	"time"
-	"unsafe"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // BatchLoaderFunc loads the values of keys from the source of truth. Keys
@@ -364,74 +361,4 @@ func callBatch[T any](ctx context.Context, c *Cache, load BatchLoaderFunc[T], ke
 		return nil, nil
 	}
 	return m, err
-}
-
-// value is one key's bytes from a multi-key read.
-type value struct {
-	b  []byte
-	ok bool
-}
-
-// mget reads keys in one round trip, pipelined with the due generations
-// among gs: MGET on a single node, a pipeline of GETs otherwise.
-func (c *Cache) mget(ctx context.Context, keys []string, gs []*generation) ([]value, error) {
-	now := time.Now().UnixNano()
-	var claimed []*generation
-	if gs != nil {
-		claimed = c.gens.claim(now, gs, nil)
-	}
-	vals := make([]value, len(keys))
-	if c.single && len(claimed) == 0 {
-		res, err := c.rdb.MGet(ctx, keys...).Result()
-		if err != nil {
-			return nil, err
-		}
-		for i, r := range res {
-			vals[i] = valueOf(r)
-		}
-		return vals, nil
-	}
-	pipe := c.rdb.Pipeline()
-	var mget *redis.SliceCmd
-	var gets []*redis.StringCmd
-	if c.single {
-		mget = pipe.MGet(ctx, keys...)
-	} else {
-		gets = make([]*redis.StringCmd, len(keys))
-		for i, k := range keys {
-			gets[i] = pipe.Get(ctx, k)
-		}
-	}
-	gcmds := read(ctx, pipe, claimed)
-	_, _ = pipe.Exec(ctx)
-	if err := finish(claimed, gcmds, now, c.log); err != nil {
-		return nil, err
-	}
-	if mget != nil {
-		res, err := mget.Result()
-		if err != nil {
-			return nil, err
-		}
-		for i, r := range res {
-			vals[i] = valueOf(r)
-		}
-		return vals, nil
-	}
-	for i, g := range gets {
-		b, ok, err := bytesOf(g)
-		if err != nil && unavailable(err) {
-			return nil, err
-		}
-		vals[i] = value{b, ok}
-	}
-	return vals, nil
-}
-
-// valueOf converts an MGET element without copying: the codec only reads it.
-func valueOf(r any) value {
-	s, ok := r.(string)
-	if !ok {
-		return value{}
-	}
-	return value{unsafe.Slice(unsafe.StringData(s), len(s)), true}
 }

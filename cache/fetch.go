@@ -8,8 +8,6 @@ import (
 	randv2 "math/rand/v2"
 	"runtime/debug"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Fetch returns the value of key, reading through the cache: a hit costs one
@@ -69,7 +67,13 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 		c.stats.stale.Add(1)
 	}
 	c.stats.misses.Add(1)
-	f := newFlight(c, key, g, c.ttl(opts), load)
+	return fetchMiss(ctx, c, key, g, e, c.ttl(opts), load)
+}
+
+// fetchMiss runs or joins the key's flight. It is apart from Fetch so that
+// the closure's copy of e stays off the hit path's heap.
+func fetchMiss[T any](ctx context.Context, c *Cache, key string, g *generation, e entry, ttl time.Duration, load LoaderFunc[T]) (T, error) {
+	f := newFlight(c, key, g, ttl, load)
 	return join[T](ctx, c, key, func(ctx context.Context) (any, error) { return f.run(ctx, e) })
 }
 
@@ -113,108 +117,6 @@ func join[T any](ctx context.Context, c *Cache, key string, fn func(context.Cont
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
-}
-
-// state is what a read found in a key, judged against known generations.
-type state uint8
-
-const (
-	stAbsent    state = iota
-	stValue           // a current value
-	stNotFound        // a current not-found entry
-	stLease           // another's lease without a usable value
-	stRefresh         // another's refresh lease carrying a current value
-	stTombstone       // recently invalidated
-	stStale           // an entry older than a known generation
-	stCorrupt         // bytes that do not decode
-	stForeign         // a Redis type other than string
-)
-
-// entry is one read of a key.
-type entry struct {
-	raw     []byte // the bytes read; nil when absent
-	st      state
-	h       header
-	payload []byte // the value's codec bytes for stValue and stRefresh
-}
-
-// classify decodes what a read of a key returned.
-func (c *Cache) classify(raw []byte, present bool, g *generation) entry {
-	e := entry{raw: raw}
-	if !present {
-		return e
-	}
-	if e.raw == nil {
-		e.raw = []byte{}
-	}
-	h, p, err := decodeHeader(raw)
-	if err != nil {
-		e.st = stCorrupt
-		return e
-	}
-	e.h = h
-	switch h.kind {
-	case kindTombstone:
-		e.st = stTombstone
-		return e
-	case kindValue:
-		e.st, e.payload = stValue, p
-	case kindNotFound:
-		e.st = stNotFound
-	case kindLease:
-		e.st = stLease
-	case kindRefresh:
-		e.st, e.payload = stRefresh, p[tokenLen:]
-	}
-	// A lease stamped with an old generation is stale too: its fill would be.
-	if c.gens.stale(&h, g) {
-		e.st = stStale
-	}
-	return e
-}
-
-func (c *Cache) corrupted(key string, err error) {
-	c.stats.corrupt.Add(1)
-	c.log.Warn("cache: unreadable entry; replacing it", "key", key, "err", err)
-}
-
-// get reads key, pipelined with the generations whose refresh is due.
-func (c *Cache) get(ctx context.Context, key string, g *generation) ([]byte, bool, error) {
-	now := time.Now().UnixNano()
-	allDue, nsDue := c.gens.all.due(now, c.gens.every), g.due(now, c.gens.every)
-	if !allDue && !nsDue {
-		return c.getRaw(ctx, key)
-	}
-	claimed := make([]*generation, 0, 2)
-	if allDue {
-		claimed = append(claimed, &c.gens.all)
-	}
-	if nsDue {
-		claimed = append(claimed, g)
-	}
-	pipe := c.rdb.Pipeline()
-	get := pipe.Get(ctx, key)
-	cmds := read(ctx, pipe, claimed)
-	_, _ = pipe.Exec(ctx)
-	if err := finish(claimed, cmds, now, c.log); err != nil {
-		return nil, false, err
-	}
-	return bytesOf(get)
-}
-
-func (c *Cache) getRaw(ctx context.Context, key string) ([]byte, bool, error) {
-	return bytesOf(c.rdb.Get(ctx, key))
-}
-
-func bytesOf(cmd *redis.StringCmd) ([]byte, bool, error) {
-	b, err := cmd.Bytes()
-	switch {
-	case err == redis.Nil:
-		return nil, false, nil
-	case err != nil:
-		return nil, false, err
-	}
-	return b, true, nil
 }
 
 // refreshDue decides probabilistic early expiration (XFetch): refresh when

@@ -54,9 +54,7 @@ func newFixture(t testing.TB) *fixture {
 // uniqueBase returns a key start that only this test uses, without a ':' so
 // that a test can make several namespaces, and deletes its keys at the end.
 func uniqueBase(t testing.TB) string {
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	base := "k" + hex.EncodeToString(b)
+	base := uniqueBaseNoCleanup()
 	t.Cleanup(func() {
 		c := env.NewRedis(&redis.Options{MaxRetries: -1})
 		defer c.Close()
@@ -68,6 +66,12 @@ func uniqueBase(t testing.TB) string {
 		}
 	})
 	return base
+}
+
+func uniqueBaseNoCleanup() string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return "k" + hex.EncodeToString(b)
 }
 
 // key returns the cache key of user id in namespace ns of this test.

@@ -1,0 +1,246 @@
+package cache_test
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/cache"
+)
+
+// profile is a typical cached row, about 300 bytes of JSON.
+type profile struct {
+	ID        int64     `json:"id"`
+	Email     string    `json:"email"`
+	Name      string    `json:"name"`
+	Country   string    `json:"country"`
+	Plan      string    `json:"plan"`
+	Balance   string    `json:"balance"`
+	Verified  bool      `json:"verified"`
+	Logins    int       `json:"logins"`
+	Tags      []string  `json:"tags"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+func newProfile(id int64) profile {
+	at := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	return profile{
+		ID: id, Email: "user" + strconv.FormatInt(id, 10) + "@example.com", Name: "Ann Example",
+		Country: "NL", Plan: "business", Balance: "1234.56", Verified: true, Logins: 42,
+		Tags: []string{"beta", "newsletter", "vip"}, CreatedAt: at, UpdatedAt: at.Add(time.Hour),
+	}
+}
+
+func profileLoader(id int64) cache.LoaderFunc[profile] {
+	return func(context.Context) (profile, error) { return newProfile(id), nil }
+}
+
+// benchClients returns a Cache and, on its own connection pool, a raw
+// client, both on the harness's Redis, and a unique key start.
+func benchClients(b *testing.B) (*cache.Cache, *redis.Client, string) {
+	base := uniqueBase(b)
+	c := cache.New(env.RedisClient(b), &cache.Options{Prefix: base + "-gen:", TTL: time.Hour})
+	b.Cleanup(func() { c.Close() })
+	return c, env.RedisClient(b), base
+}
+
+func BenchmarkFetchHit(b *testing.B) {
+	c, _, base := benchClients(b)
+	ctx := context.Background()
+	key := base + "user:1"
+	load := profileLoader(1)
+	_, err := cache.Fetch(ctx, c, key, load)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		if p, err := cache.Fetch(ctx, c, key, load); err != nil || p.ID != 1 {
+			b.Fatal(p, err)
+		}
+	}
+}
+
+func BenchmarkRawGetJSON(b *testing.B) {
+	_, rdb, base := benchClients(b)
+	ctx := context.Background()
+	key := base + "raw:1"
+	data, _ := json.Marshal(newProfile(1))
+	require.NoError(b, rdb.Set(ctx, key, data, time.Hour).Err())
+	b.ReportAllocs()
+	for b.Loop() {
+		data, err := rdb.Get(ctx, key).Bytes()
+		var p profile
+		if err == nil {
+			err = json.Unmarshal(data, &p)
+		}
+		if err != nil || p.ID != 1 {
+			b.Fatal(p, err)
+		}
+	}
+}
+
+func BenchmarkFetchHitParallel(b *testing.B) {
+	c, _, base := benchClients(b)
+	ctx := context.Background()
+	key := base + "user:1"
+	load := profileLoader(1)
+	_, err := cache.Fetch(ctx, c, key, load)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if p, err := cache.Fetch(ctx, c, key, load); err != nil || p.ID != 1 {
+				b.Error(p, err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkRawGetJSONParallel(b *testing.B) {
+	_, rdb, base := benchClients(b)
+	ctx := context.Background()
+	key := base + "raw:1"
+	data, _ := json.Marshal(newProfile(1))
+	require.NoError(b, rdb.Set(ctx, key, data, time.Hour).Err())
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			data, err := rdb.Get(ctx, key).Bytes()
+			var p profile
+			if err == nil {
+				err = json.Unmarshal(data, &p)
+			}
+			if err != nil || p.ID != 1 {
+				b.Error(p, err)
+				return
+			}
+		}
+	})
+}
+
+const batchSize = 100
+
+func batchKeys(base, ns string) []string {
+	keys := make([]string, batchSize)
+	for i := range keys {
+		keys[i] = base + ns + ":" + strconv.Itoa(i)
+	}
+	return keys
+}
+
+func BenchmarkFetchManyHit(b *testing.B) {
+	c, _, base := benchClients(b)
+	ctx := context.Background()
+	keys := batchKeys(base, "user")
+	load := func(_ context.Context, ks []string) (map[string]profile, error) {
+		m := make(map[string]profile, len(ks))
+		for i, k := range ks {
+			m[k] = newProfile(int64(i))
+		}
+		return m, nil
+	}
+	_, err := cache.FetchMany(ctx, c, keys, load)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		if m, err := cache.FetchMany(ctx, c, keys, load); err != nil || len(m) != batchSize {
+			b.Fatal(len(m), err)
+		}
+	}
+}
+
+func BenchmarkRawMGetJSON(b *testing.B) {
+	_, rdb, base := benchClients(b)
+	ctx := context.Background()
+	keys := batchKeys(base, "raw")
+	pipe := rdb.Pipeline()
+	for i, k := range keys {
+		data, _ := json.Marshal(newProfile(int64(i)))
+		pipe.Set(ctx, k, data, time.Hour)
+	}
+	_, err := pipe.Exec(ctx)
+	require.NoError(b, err)
+	b.ReportAllocs()
+	for b.Loop() {
+		vals, err := rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		m := make(map[string]profile, len(keys))
+		for i, v := range vals {
+			var p profile
+			if err := json.Unmarshal([]byte(v.(string)), &p); err != nil {
+				b.Fatal(err)
+			}
+			m[keys[i]] = p
+		}
+	}
+}
+
+// BenchmarkStampede is one cold key read at once by 4 Cache instances (as
+// 4 processes would, each with its own connection pool) x 250 goroutines,
+// with a 20ms load from MariaDB. It reports loads per cold key and how much
+// later than the load's end the waiters got the value.
+func BenchmarkStampede(b *testing.B) {
+	f := newFixture(b)
+	const procs, goroutines = 4, 250
+	caches := make([]*cache.Cache, procs)
+	for i := range caches {
+		caches[i] = f.cache(&cache.Options{Prefix: f.base + "-gen:"})
+	}
+	var loads atomic.Int64
+	var overs, waits []time.Duration
+	round := 0
+	for b.Loop() {
+		round++
+		key := f.key("user", int64(round))
+		var loadEnd atomic.Int64
+		load := func(ctx context.Context) (user, error) {
+			loads.Add(1)
+			var u user
+			err := f.db.QueryRowContext(ctx, "SELECT id, name FROM users WHERE id = 1 AND SLEEP(0.02) = 0").Scan(&u.ID, &u.Name)
+			loadEnd.Store(time.Now().UnixNano())
+			return u, err
+		}
+		done := make([]int64, procs*goroutines)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for p, c := range caches {
+			for g := range goroutines {
+				wg.Go(func() {
+					<-start
+					if _, err := cache.Fetch(context.Background(), c, key, load); err != nil {
+						b.Error(err)
+					}
+					done[p*goroutines+g] = time.Now().UnixNano()
+				})
+			}
+		}
+		t0 := time.Now()
+		close(start)
+		wg.Wait()
+		end := loadEnd.Load()
+		for _, d := range done {
+			overs = append(overs, time.Duration(max(d-end, 0)))
+			waits = append(waits, time.Duration(d-t0.UnixNano()))
+		}
+	}
+	slices.Sort(overs)
+	slices.Sort(waits)
+	pct := func(s []time.Duration, q float64) float64 {
+		return float64(s[int(q*float64(len(s)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(loads.Load())/float64(round), "loads/key")
+	b.ReportMetric(pct(waits, 0.99), "p99-wait-ms")
+	b.ReportMetric(pct(overs, 0.50), "p50-after-load-ms")
+	b.ReportMetric(pct(overs, 0.99), "p99-after-load-ms")
+}
