@@ -26,7 +26,7 @@ const (
 // classify reads query, run with default database schema, and returns its
 // class and, for stmtChange, the tables it changes.
 func classify(schema, query string) (stmtClass, []TableChange) {
-	t := tokenize(query, 64)
+	t, truncated := tokenize(query, 64)
 	if len(t) == 0 {
 		return stmtIgnore, nil
 	}
@@ -55,7 +55,14 @@ func classify(schema, query string) (stmtClass, []TableChange) {
 		"CHECKSUM", "SET", "USE", "DO", "INSTALL", "UNINSTALL", "SHOW", "SELECT":
 		return stmtIgnore, nil
 	}
-	p := &parser{toks: t, schema: schema, query: query}
+	switch kw(0) {
+	case "DROP", "CREATE", "ALTER", "RENAME", "TRUNCATE", "REPAIR":
+		if truncated {
+			// DDL is short; read it all so that no listed table is missed.
+			t, truncated = tokenize(query, 0)
+		}
+	}
+	p := &parser{toks: t, schema: schema, query: query, truncated: truncated}
 	return p.statement()
 }
 
@@ -65,12 +72,15 @@ type token struct {
 	punct  bool // a single punctuation character
 }
 
-// tokenize splits the first max tokens of a statement, dropping comments
-// (but keeping the text inside /*! ... */ and /*M! ... */, which servers
-// execute).
-func tokenize(s string, max int) []token {
-	var out []token
-	for i := 0; i < len(s) && len(out) < max; {
+// tokenize splits the first max tokens of a statement (all of them when
+// max is 0), dropping comments but keeping the text inside /*! ... */ and
+// /*M! ... */, which servers execute. truncated reports that tokens were
+// left unread.
+func tokenize(s string, max int) (out []token, truncated bool) {
+	for i := 0; i < len(s); {
+		if max > 0 && len(out) == max {
+			return out, true
+		}
 		c := s[i]
 		switch {
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
@@ -87,7 +97,7 @@ func tokenize(s string, max int) []token {
 		case strings.HasPrefix(s[i:], "/*"):
 			end := strings.Index(s[i+2:], "*/")
 			if end < 0 {
-				return out
+				return out, false
 			}
 			i += end + 4
 		case strings.HasPrefix(s[i:], "*/"):
@@ -125,7 +135,7 @@ func tokenize(s string, max int) []token {
 			i++
 		}
 	}
-	return out
+	return out, false
 }
 
 func isIdentByte(c byte) bool {
@@ -133,10 +143,11 @@ func isIdentByte(c byte) bool {
 }
 
 type parser struct {
-	toks   []token
-	i      int
-	schema string
-	query  string
+	toks      []token
+	i         int
+	schema    string
+	query     string
+	truncated bool // toks ends before the statement does
 }
 
 func (p *parser) peek() string {
@@ -390,7 +401,13 @@ func (p *parser) single() (stmtClass, []TableChange) {
 	if !ok {
 		return p.unknown()
 	}
-	for ; p.i < len(p.toks); p.i++ {
+	for ; ; p.i++ {
+		if p.i == len(p.toks) {
+			if p.truncated {
+				return p.unknown() // the rest may list more tables
+			}
+			break
+		}
 		tok := p.toks[p.i]
 		if tok.punct {
 			if tok.text == "," {
