@@ -8,12 +8,14 @@
 //
 // MayContain answers false only for a key that the current version of the
 // filter does not hold: a key that was not in the scan that built the
-// version and was not added since. Every key added with Add after the
-// build started (and every row the build's scan read) is in the version,
-// across instances and across rebuilds. Whenever the filter cannot tell —
-// not warmed yet, bitmap deleted, Redis unreachable, parameters that differ
-// from this instance's Options — MayContain answers true ("may contain"):
-// the filter fails open and the read goes on to the cache and MySQL.
+// version and was not added since. Every row the build's scan read, and
+// every key whose Add returned after the build started, is in the version;
+// once Add returns, every instance that asks Redis sees the key, across
+// rebuilds. Whenever the filter cannot tell — not warmed yet, bitmap
+// deleted, Redis unreachable, parameters that differ from this instance's
+// Options — MayContain answers true ("may contain"): the filter fails open
+// and the read goes on to the cache and MySQL. After a Redis error it fails
+// open at once, without a round trip, until ParamsRefresh has passed.
 //
 // False positives are the price: about Options.FalsePositiveRate of the
 // absent keys once Options.ExpectedItems keys are in, more beyond that
