@@ -82,8 +82,9 @@ type Options struct {
 	// before it loads by itself without filling. Default: LeaseTTL.
 	LeaseWait time.Duration
 	// LeasePoll is the longest pause between two reads of a key held by
-	// another process's lease; pauses start at a tenth of it and are jittered.
-	// Default: 4ms.
+	// another process's lease; pauses start at an eighth of it, double, and
+	// are jittered over their upper half.
+	// Default: 2ms.
 	LeasePoll time.Duration
 	// LoadTimeout bounds one loader call. Default: LeaseTTL.
 	LoadTimeout time.Duration
@@ -140,21 +141,9 @@ func (o *Options) Validate() error {
 	if o == nil {
 		return nil
 	}
-	for _, d := range []struct {
-		name string
-		v    time.Duration
-	}{
-		{"TTL", o.TTL}, {"NotFoundTTL", o.NotFoundTTL}, {"LeaseTTL", o.LeaseTTL},
-		{"LeaseWait", o.LeaseWait}, {"LeasePoll", o.LeasePoll}, {"LoadTimeout", o.LoadTimeout},
-		{"TombstoneTTL", o.TombstoneTTL}, {"WriteTimeout", o.WriteTimeout},
-		{"DelayedInvalidation", o.DelayedInvalidation}, {"GenerationRefresh", o.GenerationRefresh},
-		{"BreakerCooldown", o.BreakerCooldown},
-	} {
-		if d.v < 0 {
-			return fmt.Errorf("cache: Options.%s is %v; use 0 for the default or a positive duration", d.name, d.v)
-		}
-		if d.v > 0 && d.v < time.Millisecond && d.name != "LeasePoll" {
-			return fmt.Errorf("cache: Options.%s is %v; Redis expiries count milliseconds, use at least 1ms", d.name, d.v)
+	for _, d := range o.durations() {
+		if err := checkDuration(d.name, *d.v); err != nil {
+			return err
 		}
 	}
 	if o.EarlyRefresh < 0 {
@@ -162,6 +151,31 @@ func (o *Options) Validate() error {
 	}
 	if o.BreakerThreshold < 0 || o.MaxDegradedLoads < 0 {
 		return errors.New("cache: Options.BreakerThreshold and Options.MaxDegradedLoads must not be negative; use 0 for the default")
+	}
+	return nil
+}
+
+type namedDuration struct {
+	name string
+	v    *time.Duration
+}
+
+func (o *Options) durations() []namedDuration {
+	return []namedDuration{
+		{"TTL", &o.TTL}, {"NotFoundTTL", &o.NotFoundTTL}, {"LeaseTTL", &o.LeaseTTL},
+		{"LeaseWait", &o.LeaseWait}, {"LeasePoll", &o.LeasePoll}, {"LoadTimeout", &o.LoadTimeout},
+		{"TombstoneTTL", &o.TombstoneTTL}, {"WriteTimeout", &o.WriteTimeout},
+		{"DelayedInvalidation", &o.DelayedInvalidation}, {"GenerationRefresh", &o.GenerationRefresh},
+		{"BreakerCooldown", &o.BreakerCooldown},
+	}
+}
+
+func checkDuration(name string, v time.Duration) error {
+	if v < 0 {
+		return fmt.Errorf("cache: Options.%s is %v; use 0 for the default or a positive duration", name, v)
+	}
+	if v > 0 && v < time.Millisecond && name != "LeasePoll" {
+		return fmt.Errorf("cache: Options.%s is %v; Redis expiries count milliseconds, use at least 1ms", name, v)
 	}
 	return nil
 }
@@ -182,10 +196,11 @@ func newConfig(opts *Options) config {
 	}
 	if err := o.Validate(); err != nil {
 		o.Logger.Error("invalid cache options; using defaults for them", "err", err)
-		o.TTL, o.NotFoundTTL, o.LeaseTTL, o.LeaseWait = pos(o.TTL), pos(o.NotFoundTTL), pos(o.LeaseTTL), pos(o.LeaseWait)
-		o.LeasePoll, o.LoadTimeout, o.TombstoneTTL = pos(o.LeasePoll), pos(o.LoadTimeout), pos(o.TombstoneTTL)
-		o.WriteTimeout, o.DelayedInvalidation = pos(o.WriteTimeout), pos(o.DelayedInvalidation)
-		o.GenerationRefresh, o.BreakerCooldown = pos(o.GenerationRefresh), pos(o.BreakerCooldown)
+		for _, d := range o.durations() {
+			if checkDuration(d.name, *d.v) != nil {
+				*d.v = 0
+			}
+		}
 		o.EarlyRefresh = max(o.EarlyRefresh, 0)
 		o.BreakerThreshold, o.MaxDegradedLoads = max(o.BreakerThreshold, 0), max(o.MaxDegradedLoads, 0)
 	}
@@ -198,7 +213,7 @@ func newConfig(opts *Options) config {
 	def(&o.NotFoundTTL, 30*time.Second)
 	def(&o.LeaseTTL, 3*time.Second)
 	def(&o.LeaseWait, o.LeaseTTL)
-	def(&o.LeasePoll, 4*time.Millisecond)
+	def(&o.LeasePoll, 2*time.Millisecond)
 	def(&o.LoadTimeout, o.LeaseTTL)
 	def(&o.WriteTimeout, 10*time.Second)
 	def(&o.GenerationRefresh, time.Second)
@@ -226,8 +241,6 @@ func newConfig(opts *Options) config {
 	}
 	return c
 }
-
-func pos(d time.Duration) time.Duration { return max(d, 0) }
 
 // epochSlots is the number of per-key flight epochs; keys share a slot by
 // hash, and a shared slot only costs an extra load after an invalidation.

@@ -65,7 +65,7 @@ func TestStampedeProcesses(t *testing.T) {
 	_, err = db.Exec("INSERT INTO users VALUES (1, 'ann')")
 	require.NoError(t, err)
 
-	const procs, goroutines = 4, 100
+	const procs, goroutines = 4, 250
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	vars := []string{

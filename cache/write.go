@@ -121,10 +121,13 @@ func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Co
 //
 // If the tombstones cannot be set, fn is not run and the error is returned.
 func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
+	// fn's deadline starts before the tombstones are sent, so it passes
+	// before they expire.
+	fctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
 	if err := c.invalidate(ctx, keys, c.cfg.WriteTimeout); err != nil {
+		cancel()
 		return fmt.Errorf("cache: strong write: %w", err)
 	}
-	fctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
 	err := fn(fctx)
 	cancel()
 	c.afterWrite(ctx, keys)
