@@ -52,7 +52,9 @@ var (
 type Options struct {
 	// Retry decides how long Obtain waits for a lock that another holder
 	// has, and how often it tries again meanwhile.
-	// Default: Backoff{} (jittered waits from 10ms to 250ms, until ctx ends).
+	// Default: Backoff{Limit: ttl}: jittered waits from 10ms to 250ms for at
+	// most the TTL asked for, by which time a holder that died without
+	// releasing has expired.
 	Retry RetryStrategy
 
 	// Token is the value the key holds while the lock is held. It must be
@@ -83,7 +85,7 @@ func Obtain(ctx context.Context, rdb Client, key string, ttl time.Duration, opts
 	}
 	retry := opts.Retry
 	if retry == nil {
-		retry = Backoff{}
+		retry = Backoff{Limit: ttl}
 	}
 	token := opts.Token
 	if token == "" {

@@ -181,9 +181,13 @@ func TestObtainWaitsForRelease(t *testing.T) {
 		}
 		got <- err
 	}()
-	<-tried
+	select {
+	case <-tried:
+	case err := <-got:
+		t.Fatalf("Obtain returned %v while the lock was held", err)
+	}
 	require.NoError(t, held.Release(ctx))
-	assert.NoError(t, <-got, "the waiter obtains the released lock")
+	assert.NoError(t, recv(t, got), "the waiter obtains the released lock")
 }
 
 // notify is a RetryStrategy that calls f before each wait.
@@ -207,6 +211,8 @@ func TestObtainWaitIsBounded(t *testing.T) {
 
 	_, err = lock.Obtain(ctx, rdb, key, time.Minute, &lock.Options{Retry: lock.Backoff{Min: time.Millisecond, Max: 5 * time.Millisecond, Limit: 30 * time.Millisecond}})
 	assert.ErrorIs(t, err, lock.ErrNotObtained, "Backoff.Limit bounds the wait")
+	_, err = lock.Obtain(ctx, rdb, key, 50*time.Millisecond, nil)
+	assert.ErrorIs(t, err, lock.ErrNotObtained, "by default the wait is bounded by the TTL asked for")
 
 	cctx, cancel := context.WithCancelCause(ctx)
 	cause := errors.New("caller gave up")
