@@ -266,6 +266,8 @@ type Cache struct {
 	background sync.WaitGroup
 	refreshing sync.Map // keys with an early refresh under way
 
+	born time.Time // for clock
+
 	mu     sync.Mutex
 	timers map[*time.Timer]struct{}
 	closed bool
@@ -274,6 +276,7 @@ type Cache struct {
 	hookBeforeFill  func(key string)
 	hookAfterLoad   func(key string)
 	hookLeaseWaited func(key string)
+	hookJoined      func(flightKey string)
 }
 
 // New returns a Cache that stores entries in rdb (a *redis.Client,
@@ -292,6 +295,7 @@ func New(rdb redis.UniversalClient, opts *Options) *Cache {
 		gens:   newGenerations(cfg.Prefix, cfg.GenerationRefresh),
 		sem:    make(chan struct{}, cfg.MaxDegradedLoads),
 		seed:   maphash.MakeSeed(),
+		born:   time.Now(),
 		timers: make(map[*time.Timer]struct{}),
 	}
 	c.breaker.init(cfg.BreakerThreshold, cfg.BreakerCooldown, c.log)
@@ -327,12 +331,14 @@ func (c *Cache) goBackground() bool {
 	return true
 }
 
-// flightKey names the in-process flight of key: a key's flights change with
-// every in-process invalidation of it (race R10), so a Fetch that starts after
-// Invalidate returned never joins a load that started before.
-func (c *Cache) flightKey(key string) string {
-	e := c.epochs[maphash.String(c.seed, key)%epochSlots].Load() + c.allEpoch.Load()
-	return strconv.FormatUint(e, 36) + "|" + key
+// flightKey names the in-process flight of key and returns the key's
+// epoch: a key's flights change with every in-process invalidation of it
+// (race R10), so a Fetch that starts after Invalidate returned never joins
+// a load that started before.
+func (c *Cache) flightKey(key string) (string, uint64) {
+	slot := c.epochs[maphash.String(c.seed, key)%epochSlots].Load()
+	e := slot + c.allEpoch.Load()
+	return strconv.FormatUint(e, 36) + "|" + key, slot
 }
 
 // bumpEpochs ends the current flights of keys for new callers.
@@ -341,6 +347,15 @@ func (c *Cache) bumpEpochs(keys []string) {
 		c.epochs[maphash.String(c.seed, k)%epochSlots].Add(1)
 	}
 }
+
+// moveEpoch ends key's current flight for new callers, unless that happened
+// since the caller read the key's epoch as seen.
+func (c *Cache) moveEpoch(key string, seen uint64) {
+	c.epochs[maphash.String(c.seed, key)%epochSlots].CompareAndSwap(seen, seen+1)
+}
+
+// clock returns monotonic nanoseconds since New.
+func (c *Cache) clock() int64 { return int64(time.Since(c.born)) }
 
 // jittered spreads d uniformly over [d*(1-jitter), d], in whole milliseconds.
 func (c *Cache) jittered(d time.Duration) time.Duration {

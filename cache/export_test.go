@@ -11,6 +11,10 @@ func SetHookAfterLoad(c *Cache, f func(key string)) { c.hookAfterLoad = f }
 // SetHookLeaseWaited makes a flight call f after each pause on another's lease.
 func SetHookLeaseWaited(c *Cache, f func(key string)) { c.hookLeaseWaited = f }
 
+// SetHookJoined makes every Fetch that runs or joins a flight call f with
+// the flight's key once it is registered with the flight.
+func SetHookJoined(c *Cache, f func(flightKey string)) { c.hookJoined = f }
+
 // KindOf names the kind of a stored entry: value, not-found, lease,
 // tombstone, refresh, or corrupt.
 func KindOf(b []byte) string {

@@ -7,6 +7,7 @@ import (
 	"math"
 	randv2 "math/rand/v2"
 	"runtime/debug"
+	"strconv"
 	"time"
 )
 
@@ -70,48 +71,93 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 	return fetchMiss(ctx, c, key, g, e, c.ttl(opts), load)
 }
 
-// fetchMiss runs or joins the key's flight. It is apart from Fetch so that
-// the closure's copy of e stays off the hit path's heap.
-func fetchMiss[T any](ctx context.Context, c *Cache, key string, g *generation, e entry, ttl time.Duration, load LoaderFunc[T]) (T, error) {
-	f := newFlight(c, key, g, ttl, load)
-	return join[T](ctx, c, key, func(ctx context.Context) (any, error) { return f.run(ctx, e) })
-}
-
 // fetchDegraded answers a read without Redis.
 func fetchDegraded[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T]) (T, error) {
 	c.stats.degraded.Add(1)
-	f := newFlight(c, key, nil, 0, load)
-	return join[T](ctx, c, key, f.loadDegraded)
+	// Without Redis there is no remote invalidation to notice; in-process
+	// ones still move the key to a new flight epoch.
+	return share[T](ctx, c, key, readPoint{at: math.MinInt64}, func() *flight {
+		return newFlight(c, key, nil, 0, load)
+	}, (*flight).loadDegraded)
 }
 
-// join runs fn as the key's in-process flight, or joins the flight already
+// fetchMiss runs or joins the key's flight. It is apart from Fetch so that
+// the closure's copy of e stays off the hit path's heap.
+func fetchMiss[T any](ctx context.Context, c *Cache, key string, g *generation, e entry, ttl time.Duration, load LoaderFunc[T]) (T, error) {
+	seen := readPoint{at: c.clock(), raw: e.raw}
+	return share[T](ctx, c, key, seen, func() *flight {
+		return newFlight(c, key, g, ttl, load)
+	}, func(f *flight, ctx context.Context) (any, error) { return f.run(ctx, e) })
+}
+
+// errStale is a shared result that predates the caller's read.
+var errStale = errors.New("cache: shared result predates the read")
+
+// share runs the key's flight (a new flight from newFlight, running run) or
+// joins the one under way, and waits for its result or for ctx. A result
+// whose basis does not cover the caller's read seen is not taken: the
+// caller moves the key to a new flight epoch and tries again, and after two
+// such results runs a flight of its own.
+func share[T any](ctx context.Context, c *Cache, key string, seen readPoint, newFlight func() *flight, run func(*flight, context.Context) (any, error)) (T, error) {
+	for attempt := 0; ; attempt++ {
+		fk, epoch := c.flightKey(key)
+		if attempt == 2 {
+			fk += "|" + strconv.FormatInt(c.clock(), 36) // nobody else's
+		}
+		v, err := join[T](ctx, c, key, fk, seen, func(ctx context.Context) (any, basis, error) {
+			f := newFlight()
+			v, err := run(f, ctx)
+			return v, f.basis, err
+		})
+		if err != errStale {
+			return v, err
+		}
+		c.moveEpoch(key, epoch)
+	}
+}
+
+// sharedResult is a flight's result as singleflight hands it out.
+type sharedResult struct {
+	v     any
+	basis basis
+}
+
+// join runs fn as the in-process flight fk, or joins the flight already
 // under way, and waits for its result or for ctx. fn runs on a context
 // detached from ctx, so that this caller leaving does not fail the others.
-func join[T any](ctx context.Context, c *Cache, key string, fn func(context.Context) (any, error)) (T, error) {
+func join[T any](ctx context.Context, c *Cache, key, fk string, seen readPoint, fn func(context.Context) (any, basis, error)) (T, error) {
 	var zero T
 	detached := context.WithoutCancel(ctx)
-	ch := c.group.DoChan(c.flightKey(key), func() (v any, err error) {
+	ch := c.group.DoChan(fk, func() (v any, err error) {
 		// The loader's panics are caught closer to it; this catches the
 		// codec's, which would otherwise end the process from the flight's
 		// goroutine.
 		defer func() {
 			if r := recover(); r != nil {
-				v, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
+				v, err = sharedResult{basis: basis{at: 1<<63 - 1}}, &PanicError{Value: r, Stack: debug.Stack()}
 			}
 		}()
-		return fn(detached)
+		v, b, err := fn(detached)
+		return sharedResult{v, b}, err
 	})
+	if c.hookJoined != nil {
+		c.hookJoined(fk)
+	}
 	select {
 	case r := <-ch:
+		res, _ := r.Val.(sharedResult)
+		if r.Shared && !res.basis.covers(seen) && (r.Err == nil || errors.Is(r.Err, ErrNotFound)) {
+			return zero, errStale
+		}
 		if r.Err != nil {
 			return zero, r.Err
 		}
-		if r.Val == nil {
+		if res.v == nil {
 			return zero, nil
 		}
-		v, ok := r.Val.(T)
+		v, ok := res.v.(T)
 		if !ok {
-			return zero, fmt.Errorf("cache: key %q is being loaded as %T by a concurrent call, not as %T", key, r.Val, zero)
+			return zero, fmt.Errorf("cache: key %q is being loaded as %T by a concurrent call, not as %T", key, res.v, zero)
 		}
 		return v, nil
 	case <-ctx.Done():
@@ -142,7 +188,11 @@ func refreshEarly[T any](ctx context.Context, c *Cache, key string, g *generatio
 	go func() {
 		defer c.background.Done()
 		defer c.refreshing.Delete(key)
-		_, err, _ := c.group.Do(c.flightKey(key), func() (any, error) { return f.refresh(detached, e) })
+		fk, _ := c.flightKey(key)
+		_, err, _ := c.group.Do(fk, func() (any, error) {
+			v, err := f.refresh(detached, e)
+			return sharedResult{v, f.basis}, err
+		})
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			c.log.Warn("cache: early refresh failed", "key", key, "err", err)
 		}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -15,7 +16,48 @@ type flight struct {
 	ttl    time.Duration
 	load   func(context.Context) (any, error)
 	decode func([]byte) (any, error)
+	basis  basis // what the result rests on; set before each request or load
 }
+
+// A flight's result rests on one observation made after the flight
+// started: the lease it took (its load follows), the value a poll found, or
+// the row a load without lease read. Callers that join the flight in this
+// process may have read the key later than that, after an invalidation from
+// another process that the flight's result predates (race R10 across
+// processes):
+//
+//  1. The flight takes the lease and reads v1 from the source.
+//  2. Another process commits v2 and invalidates the key (the lease goes).
+//  3. A Fetch here starts, reads the key (absent) and joins the flight.
+//  4. The flight's fill is refused, but it returns v1, to that Fetch too.
+//
+// So each result carries its basis, and a joiner takes it only if the basis
+// covers its own read: its read was answered before the observation was
+// sent (any invalidation it knows of came earlier), or its read found the
+// lease the result rests on (that lease outlived every invalidation before
+// the read, so it was taken after them). Otherwise the joiner starts a new
+// flight. In-process invalidations spare callers the wait: they move the
+// key to a new flight epoch at once.
+type basis struct {
+	at    int64  // Cache.clock time before the observation was sent
+	token []byte // the lease (a prefix of the entry) the result rests on, if any
+}
+
+// readPoint is a caller's own read of the key: when it was answered and
+// what it found (nil when absent or unknown).
+type readPoint struct {
+	at  int64
+	raw []byte
+}
+
+// covers reports whether a result resting on b may be given to a caller
+// whose read was p.
+func (b basis) covers(p readPoint) bool {
+	return p.at < b.at || (b.token != nil && p.raw != nil && bytes.HasPrefix(p.raw, b.token))
+}
+
+// before records that the next request or load may decide the result.
+func (f *flight) before(token []byte) { f.basis = basis{at: f.c.clock(), token: token} }
 
 func newFlight[T any](c *Cache, key string, g *generation, ttl time.Duration, load LoaderFunc[T]) *flight {
 	return &flight{
@@ -37,6 +79,7 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 	deadline := time.Now().Add(c.cfg.LeaseWait)
 	bo := backoff{max: c.cfg.LeasePoll}
 	waited := false
+	f.before(nil)
 	for {
 		switch e.st {
 		case stValue, stRefresh:
@@ -67,6 +110,7 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 			if c.hookLeaseWaited != nil {
 				c.hookLeaseWaited(f.key)
 			}
+			f.before(e.raw)
 			raw, present, err := c.getRaw(ctx, f.key)
 			c.redisResult(ctx, err)
 			if err != nil {
@@ -82,6 +126,7 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 		}
 		stamp := header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: nowMs()}
 		lease := encodeEntry(stamp, newToken())
+		f.before(lease)
 		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, c.cfg.LeaseTTL)
 		c.redisResult(ctx, err)
 		switch {
@@ -108,6 +153,7 @@ func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
 	if exp := e.h.expires(); exp > now {
 		ttl = max(ttl, time.Duration(exp-now)*time.Millisecond)
 	}
+	f.before(prefix)
 	ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl)
 	c.redisResult(ctx, err)
 	switch {
@@ -182,6 +228,7 @@ func (f *flight) giveBack(ctx context.Context, prefix []byte, restore *entry) {
 
 // loadOnly loads without touching Redis.
 func (f *flight) loadOnly(ctx context.Context) (any, error) {
+	f.before(nil)
 	v, _, err := f.c.call(ctx, f.load)
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrNotFound

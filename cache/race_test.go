@@ -266,3 +266,55 @@ func TestStrongWriteReadYourWrites(t *testing.T) {
 	assert.Equal(t, "ann-v3", u.Name)
 	assert.Equal(t, "value", f.kind(key))
 }
+
+// R10 across processes: the invalidation comes from another process (the
+// binlog invalidator runs in one process only), so this process's flight
+// epoch does not move; a Fetch that starts afterwards joins the old flight
+// but does not take its result.
+func TestRaceR10RemoteInvalidation(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	c, remote := f.cache(nil), f.cache(nil)
+	key := f.key("user", 1)
+	loaded, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cache.SetHookBeforeFill(c, func(string) { once.Do(func() { close(loaded); <-resume }) })
+	var mu sync.Mutex
+	var flights []string
+	joined := make(chan struct{})
+	cache.SetHookJoined(c, func(fk string) {
+		mu.Lock()
+		defer mu.Unlock()
+		flights = append(flights, fk)
+		if len(flights) == 2 {
+			close(joined)
+		}
+	})
+	oldDone := make(chan user)
+	go func() {
+		u, err := cache.Fetch(ctx, c, key, f.loader(1))
+		assert.NoError(t, err)
+		oldDone <- u
+	}()
+	<-loaded // the flight holds the lease and has read v1
+	f.rename(1, "ann-v2")
+	require.NoError(t, remote.Invalidate(ctx, key))
+
+	newDone := make(chan user)
+	go func() {
+		u, err := cache.Fetch(ctx, c, key, f.loader(1))
+		assert.NoError(t, err)
+		newDone <- u
+	}()
+	<-joined
+	mu.Lock()
+	assert.Equal(t, flights[0], flights[1], "the later Fetch joined the old flight")
+	mu.Unlock()
+	close(resume)
+	assert.Equal(t, "ann", (<-oldDone).Name)
+	assert.Equal(t, "ann-v2", (<-newDone).Name, "but did not take its result")
+	assert.Equal(t, int64(2), f.loads.Load())
+	u, err := cache.Fetch(ctx, remote, key, mustNotLoad(t))
+	require.NoError(t, err)
+	assert.Equal(t, "ann-v2", u.Name)
+}
