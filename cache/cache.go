@@ -357,6 +357,9 @@ func (c *Cache) moveEpoch(key string, seen uint64) {
 // clock returns monotonic nanoseconds since New.
 func (c *Cache) clock() int64 { return int64(time.Since(c.born)) }
 
+// since returns t on the scale of clock.
+func (c *Cache) since(t time.Time) int64 { return int64(t.Sub(c.born)) }
+
 // jittered spreads d uniformly over [d*(1-jitter), d], in whole milliseconds.
 func (c *Cache) jittered(d time.Duration) time.Duration {
 	if c.cfg.jitter > 0 {

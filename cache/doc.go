@@ -73,7 +73,10 @@
 //	R2  delete, then write: the invalidation after fn removes a value filled
 //	    between the first delete and the commit.
 //	R6  out-of-order fills: only the current lease holder can fill.
-//	R10 joined an old flight: Invalidate moves the key to a new flight epoch.
+//	R10 joined an old flight: Invalidate moves the key to a new flight epoch;
+//	    an invalidation from another process is caught by the result's
+//	    basis: a caller takes a shared result only if it rests on what
+//	    Redis held after the caller's own read (see flight.go).
 //
 // # Degradation
 //

@@ -33,7 +33,8 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 		return fetchDegraded(ctx, c, key, load)
 	}
 	g := c.gens.of(namespace(key))
-	raw, present, err := c.get(ctx, key, g)
+	start := time.Now()
+	raw, present, err := c.get(ctx, key, g, start)
 	c.redisResult(ctx, err)
 	var e entry
 	switch {
@@ -68,7 +69,7 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 		c.stats.stale.Add(1)
 	}
 	c.stats.misses.Add(1)
-	return fetchMiss(ctx, c, key, g, e, c.ttl(opts), load)
+	return fetchMiss(ctx, c, key, g, e, readPoint{at: c.since(start), raw: e.raw}, c.ttl(opts), load)
 }
 
 // fetchDegraded answers a read without Redis.
@@ -83,8 +84,7 @@ func fetchDegraded[T any](ctx context.Context, c *Cache, key string, load Loader
 
 // fetchMiss runs or joins the key's flight. It is apart from Fetch so that
 // the closure's copy of e stays off the hit path's heap.
-func fetchMiss[T any](ctx context.Context, c *Cache, key string, g *generation, e entry, ttl time.Duration, load LoaderFunc[T]) (T, error) {
-	seen := readPoint{at: c.clock(), raw: e.raw}
+func fetchMiss[T any](ctx context.Context, c *Cache, key string, g *generation, e entry, seen readPoint, ttl time.Duration, load LoaderFunc[T]) (T, error) {
 	return share[T](ctx, c, key, seen, func() *flight {
 		return newFlight(c, key, g, ttl, load)
 	}, func(f *flight, ctx context.Context) (any, error) { return f.run(ctx, e) })

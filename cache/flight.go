@@ -32,19 +32,21 @@ type flight struct {
 //  4. The flight's fill is refused, but it returns v1, to that Fetch too.
 //
 // So each result carries its basis, and a joiner takes it only if the basis
-// covers its own read: its read was answered before the observation was
-// sent (any invalidation it knows of came earlier), or its read found the
-// lease the result rests on (that lease outlived every invalidation before
-// the read, so it was taken after them). Otherwise the joiner starts a new
-// flight. In-process invalidations spare callers the wait: they move the
-// key to a new flight epoch at once.
+// covers its own read. The invalidations a caller must see are those that
+// returned before its Fetch started; Redis applied them before the caller's
+// read. The result covers the caller when its observation was sent after the
+// caller started (so Redis applied it after those invalidations too), or
+// when the caller's read found the lease the result rests on (that lease
+// outlived those invalidations, so it was taken after them). Otherwise the
+// joiner starts a new flight. In-process invalidations spare callers the
+// wait: they move the key to a new flight epoch at once.
 type basis struct {
 	at    int64  // Cache.clock time before the observation was sent
 	token []byte // the lease (a prefix of the entry) the result rests on, if any
 }
 
-// readPoint is a caller's own read of the key: when it was answered and
-// what it found (nil when absent or unknown).
+// readPoint is a caller's own read of the key: when the caller started
+// (Cache.clock time) and what the read found (nil when absent or unknown).
 type readPoint struct {
 	at  int64
 	raw []byte

@@ -72,8 +72,8 @@ func (c *Cache) corrupted(key string, err error) {
 }
 
 // get reads key, pipelined with the generations whose refresh is due.
-func (c *Cache) get(ctx context.Context, key string, g *generation) ([]byte, bool, error) {
-	now := time.Now().UnixNano()
+func (c *Cache) get(ctx context.Context, key string, g *generation, start time.Time) ([]byte, bool, error) {
+	now := start.UnixNano()
 	allDue, nsDue := c.gens.all.due(now, c.gens.every), g.due(now, c.gens.every)
 	if !allDue && !nsDue {
 		return c.getRaw(ctx, key)
