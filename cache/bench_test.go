@@ -127,6 +127,43 @@ func BenchmarkRawGetJSONParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkFetchHitVsRaw alternates one Fetch hit and one raw GET +
+// json.Unmarshal of the same value, so that both see the same machine load,
+// and reports each one's mean and their ratio.
+func BenchmarkFetchHitVsRaw(b *testing.B) {
+	c, rdb, base := benchClients(b)
+	ctx := context.Background()
+	key, rawKey := base+"user:1", base+"raw:1"
+	load := profileLoader(1)
+	_, err := cache.Fetch(ctx, c, key, load)
+	require.NoError(b, err)
+	data, _ := json.Marshal(newProfile(1))
+	require.NoError(b, rdb.Set(ctx, rawKey, data, time.Hour).Err())
+	var fetchNs, rawNs time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		p, err := cache.Fetch(ctx, c, key, load)
+		t1 := time.Now()
+		if err != nil || p.ID != 1 {
+			b.Fatal(p, err)
+		}
+		data, err := rdb.Get(ctx, rawKey).Bytes()
+		var q profile
+		if err == nil {
+			err = json.Unmarshal(data, &q)
+		}
+		t2 := time.Now()
+		if err != nil || q.ID != 1 {
+			b.Fatal(q, err)
+		}
+		fetchNs += t1.Sub(t0)
+		rawNs += t2.Sub(t1)
+	}
+	b.ReportMetric(float64(fetchNs.Nanoseconds())/float64(b.N), "fetch-ns/op")
+	b.ReportMetric(float64(rawNs.Nanoseconds())/float64(b.N), "raw-ns/op")
+	b.ReportMetric(float64(fetchNs)/float64(rawNs), "fetch/raw")
+}
+
 const batchSize = 100
 
 func batchKeys(base, ns string) []string {

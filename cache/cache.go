@@ -263,6 +263,7 @@ type Cache struct {
 	seed       maphash.Seed
 	epochs     [epochSlots]atomic.Uint64
 	allEpoch   atomic.Uint64 // bumped by InvalidateNamespace and InvalidateAll
+	private    atomic.Uint64 // names flights nobody else joins
 	background sync.WaitGroup
 	refreshing sync.Map // keys with an early refresh under way
 

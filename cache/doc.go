@@ -74,9 +74,10 @@
 //	    between the first delete and the commit.
 //	R6  out-of-order fills: only the current lease holder can fill.
 //	R10 joined an old flight: Invalidate moves the key to a new flight epoch;
-//	    an invalidation from another process is caught by the result's
-//	    basis: a caller takes a shared result only if it rests on what
-//	    Redis held after the caller's own read (see flight.go).
+//	    for an invalidation from another process, every shared result
+//	    carries what it rests on, and a caller takes it only if that was
+//	    read from Redis after the caller started, or is the lease the
+//	    caller's own read found; otherwise it loads again.
 //
 // # Degradation
 //

@@ -101,8 +101,8 @@ var errStale = errors.New("cache: shared result predates the read")
 func share[T any](ctx context.Context, c *Cache, key string, seen readPoint, newFlight func() *flight, run func(*flight, context.Context) (any, error)) (T, error) {
 	for attempt := 0; ; attempt++ {
 		fk, epoch := c.flightKey(key)
-		if attempt == 2 {
-			fk += "|" + strconv.FormatInt(c.clock(), 36) // nobody else's
+		if attempt >= 2 {
+			fk += "|" + strconv.FormatUint(c.private.Add(1), 36) // nobody else's
 		}
 		v, err := join[T](ctx, c, key, fk, seen, func(ctx context.Context) (any, basis, error) {
 			f := newFlight()
