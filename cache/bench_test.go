@@ -223,6 +223,57 @@ func BenchmarkRawMGetJSON(b *testing.B) {
 	}
 }
 
+// BenchmarkFetchManyHitVsRaw alternates one FetchMany of 100 cached keys
+// and one raw MGET + json.Unmarshal of 100 values, and reports their ratio.
+func BenchmarkFetchManyHitVsRaw(b *testing.B) {
+	c, rdb, base := benchClients(b)
+	ctx := context.Background()
+	keys, rawKeys := batchKeys(base, "user"), batchKeys(base, "raw")
+	load := func(_ context.Context, ks []string) (map[string]profile, error) {
+		m := make(map[string]profile, len(ks))
+		for i, k := range ks {
+			m[k] = newProfile(int64(i))
+		}
+		return m, nil
+	}
+	_, err := cache.FetchMany(ctx, c, keys, load)
+	require.NoError(b, err)
+	pipe := rdb.Pipeline()
+	for i, k := range rawKeys {
+		data, _ := json.Marshal(newProfile(int64(i)))
+		pipe.Set(ctx, k, data, time.Hour)
+	}
+	_, err = pipe.Exec(ctx)
+	require.NoError(b, err)
+	var fetchNs, rawNs time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		m, err := cache.FetchMany(ctx, c, keys, load)
+		t1 := time.Now()
+		if err != nil || len(m) != batchSize {
+			b.Fatal(len(m), err)
+		}
+		vals, err := rdb.MGet(ctx, rawKeys...).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		raw := make(map[string]profile, len(rawKeys))
+		for i, v := range vals {
+			var p profile
+			if err := json.Unmarshal([]byte(v.(string)), &p); err != nil {
+				b.Fatal(err)
+			}
+			raw[rawKeys[i]] = p
+		}
+		t2 := time.Now()
+		fetchNs += t1.Sub(t0)
+		rawNs += t2.Sub(t1)
+	}
+	b.ReportMetric(float64(fetchNs.Nanoseconds())/float64(b.N), "fetch-ns/op")
+	b.ReportMetric(float64(rawNs.Nanoseconds())/float64(b.N), "raw-ns/op")
+	b.ReportMetric(float64(fetchNs)/float64(rawNs), "fetch/raw")
+}
+
 // BenchmarkStampede is one cold key read at once by 4 Cache instances (as
 // 4 processes would, each with its own connection pool) x 250 goroutines,
 // with a 20ms load from MariaDB. It reports loads per cold key and how much
