@@ -322,6 +322,9 @@ func (c *column) value(v any) any {
 	case kDateTime, kDate:
 		switch x := v.(type) {
 		case time.Time:
+			if x.Location() == time.UTC {
+				return v // DATETIME arrives in UTC: no new box
+			}
 			return x.UTC()
 		case string:
 			return parseTime(x)

@@ -54,10 +54,7 @@ func preflight(ctx context.Context, db *sql.DB, cfg *Config, log *slog.Logger) (
 	}
 	info.flavor = cfg.Flavor
 	if info.flavor == "" {
-		info.flavor = FlavorMySQL
-		if strings.Contains(strings.ToLower(version), "mariadb") {
-			info.flavor = FlavorMariaDB
-		}
+		info.flavor = flavorOf(version)
 	}
 	vars, err := globalVariables(ctx, db)
 	if err != nil {
@@ -113,6 +110,13 @@ func preflight(ctx context.Context, db *sql.DB, cfg *Config, log *slog.Logger) (
 		}
 	}
 	return info, errors.Join(problems...)
+}
+
+func flavorOf(version string) string {
+	if strings.Contains(strings.ToLower(version), "mariadb") {
+		return FlavorMariaDB
+	}
+	return FlavorMySQL
 }
 
 func orUnset(v string) string {

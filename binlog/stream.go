@@ -13,6 +13,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -198,6 +199,27 @@ func (s *Stream) Run(ctx context.Context, from Position, h Handler) error {
 	return s.redact(err)
 }
 
+// CurrentPosition returns the end of the server's binary log now. To miss
+// nothing between some action and the start of Run (flushing a cache after
+// ErrPositionLost, say), read the position first, act, then Run from it.
+func (s *Stream) CurrentPosition(ctx context.Context) (Position, error) {
+	db := sql.OpenDB(s.connector())
+	defer db.Close()
+	flavor := s.cfg.Flavor
+	if flavor == "" {
+		var version string
+		if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+			return Position{}, s.redact(fmt.Errorf("binlog: current position: %w", err))
+		}
+		flavor = flavorOf(version)
+	}
+	p, err := currentPosition(ctx, db, flavor)
+	if err != nil {
+		return Position{}, s.redact(fmt.Errorf("binlog: current position: %w", err))
+	}
+	return p, nil
+}
+
 func (s *Stream) run(ctx context.Context, from Position, h Handler) error {
 	log := s.opts.Logger
 	db := sql.OpenDB(s.connector())
@@ -258,8 +280,15 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 	if err != nil {
 		return false, err
 	}
-	syncer := replication.NewBinlogSyncer(s.syncerConfig(ctx, info.flavor))
-	defer syncer.Close()
+	var closing atomic.Bool
+	syncer := replication.NewBinlogSyncer(s.syncerConfig(ctx, &closing, info.flavor))
+	defer func() {
+		// Close kills the dump thread over a new connection, so that the
+		// server forgets this replica at once; that dial must not be
+		// cancelled with ctx.
+		closing.Store(true)
+		syncer.Close()
+	}()
 	var streamer *replication.BinlogStreamer
 	if pos.GTIDSet != "" {
 		var set gomysql.GTIDSet
@@ -304,7 +333,7 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 	}
 }
 
-func (s *Stream) syncerConfig(ctx context.Context, flavor string) replication.BinlogSyncerConfig {
+func (s *Stream) syncerConfig(ctx context.Context, closing *atomic.Bool, flavor string) replication.BinlogSyncerConfig {
 	dialTimeout := max(s.opts.ReadTimeout, 3*time.Second)
 	return replication.BinlogSyncerConfig{
 		ServerID:         s.cfg.ServerID,
@@ -324,8 +353,10 @@ func (s *Stream) syncerConfig(ctx context.Context, flavor string) replication.Bi
 			// Dial under ctx as well, so that cancelling Run ends a dial at once.
 			dctx, cancel := context.WithTimeout(dctx, dialTimeout)
 			defer cancel()
-			stop := context.AfterFunc(ctx, cancel)
-			defer stop()
+			if !closing.Load() {
+				stop := context.AfterFunc(ctx, cancel)
+				defer stop()
+			}
 			var d net.Dialer
 			return d.DialContext(dctx, network, addr)
 		},
