@@ -15,6 +15,9 @@ import (
 // binaryCollation is the collation id of binary strings (BINARY, VARBINARY, BLOB).
 const binaryCollation = 63
 
+// maxTables bounds the table maps a decoder remembers.
+const maxTables = 4096
+
 // decoder maps row events to Rows. Column names come from the table map
 // (binlog_row_metadata=FULL) or, where the server does not log them, from
 // information_schema, checked against each table map: a table whose
@@ -153,6 +156,9 @@ func (d *decoder) table(ctx context.Context, tm *replication.TableMapEvent) (*ta
 			return nil, err
 		}
 	}
+	if len(d.tables) >= maxTables {
+		clear(d.tables) // ids of reopened tables pile up in a long session
+	}
 	d.tables[tm.TableID] = ti
 	return ti, nil
 }
@@ -195,28 +201,64 @@ func (d *decoder) describe(ctx context.Context, ti *tableInfo) error {
 	tm := ti.tm
 	n := int(tm.ColumnCount)
 	var st *schemaTable
-	needSchema := len(tm.ColumnName) != n
-	for i := range n {
-		switch kindOf(realType(tm, i)) {
-		case kInt:
-			needSchema = needSchema || len(tm.SignednessBitmap) == 0
-		case kText:
-			needSchema = needSchema || (len(tm.DefaultCharset) == 0 && len(tm.ColumnCharset) == 0)
-		case kEnum, kSet:
-			needSchema = needSchema || (len(tm.EnumStrValue) == 0 && len(tm.SetStrValue) == 0)
-		}
-	}
-	if needSchema && d.schema != nil {
+	if d.schema != nil && needsSchema(tm) {
 		var err error
 		if st, err = d.schema.matching(ctx, tm); err != nil {
 			return err
 		}
 	}
-	ti.cols = make([]column, n)
+	ti.cols = columns(tm, st)
+	switch {
+	case len(tm.ColumnName) == n:
+		ti.names = tm.ColumnNameString()
+		for _, k := range tm.PrimaryKey {
+			if int(k) < n {
+				ti.pk = append(ti.pk, ti.names[k])
+			}
+		}
+	case st != nil:
+		ti.names = make([]string, n)
+		for i := range st.cols {
+			ti.names[i] = st.cols[i].name
+		}
+		ti.pk = st.pk
+	}
+	return nil
+}
+
+// needsSchema reports whether the table map lacks something that
+// information_schema has: names, signedness, charsets or ENUM/SET names.
+func needsSchema(tm *replication.TableMapEvent) bool {
+	if len(tm.ColumnName) != int(tm.ColumnCount) {
+		return true
+	}
+	for i := range int(tm.ColumnCount) {
+		switch kindOf(realType(tm, i)) {
+		case kInt:
+			if len(tm.SignednessBitmap) == 0 {
+				return true
+			}
+		case kText:
+			if len(tm.DefaultCharset) == 0 && len(tm.ColumnCharset) == 0 {
+				return true
+			}
+		case kEnum, kSet:
+			if len(tm.EnumStrValue) == 0 && len(tm.SetStrValue) == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// columns returns the conversions for the columns of tm, from its metadata
+// and, where that is missing, from st (nil when unknown).
+func columns(tm *replication.TableMapEvent, st *schemaTable) []column {
+	cols := make([]column, tm.ColumnCount)
 	unsigned := tm.UnsignedMap()
 	collation := tm.CollationMap()
 	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
-	for i := range n {
+	for i := range cols {
 		c := column{typ: realType(tm, i)}
 		var sc *schemaCol
 		if st != nil {
@@ -234,13 +276,11 @@ func (d *decoder) describe(ctx context.Context, ti *tableInfo) error {
 			} else if sc != nil && sc.binary {
 				c.kind = kBinary
 			}
-		case kEnum:
+		case kEnum, kSet:
 			c.values = enums[i]
-			if c.values == nil && sc != nil {
-				c.values = sc.values
+			if c.kind == kSet {
+				c.values = sets[i]
 			}
-		case kSet:
-			c.values = sets[i]
 			if c.values == nil && sc != nil {
 				c.values = sc.values
 			}
@@ -248,24 +288,9 @@ func (d *decoder) describe(ctx context.Context, ti *tableInfo) error {
 		if c.kind == kBinary && c.typ == mysql.MYSQL_TYPE_STRING {
 			c.padTo = fixedLength(tm.ColumnMeta[i])
 		}
-		ti.cols[i] = c
+		cols[i] = c
 	}
-	switch {
-	case len(tm.ColumnName) == n:
-		ti.names = tm.ColumnNameString()
-		for _, k := range tm.PrimaryKey {
-			if int(k) < n {
-				ti.pk = append(ti.pk, ti.names[k])
-			}
-		}
-	case st != nil:
-		ti.names = make([]string, n)
-		for i := range st.cols {
-			ti.names[i] = st.cols[i].name
-		}
-		ti.pk = st.pk
-	}
-	return nil
+	return cols
 }
 
 // realType is the column type with ENUM and SET told apart from CHAR.

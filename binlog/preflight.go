@@ -55,11 +55,35 @@ func preflight(ctx context.Context, db *sql.DB, cfg *Config, log *slog.Logger) (
 	info.flavor = cfg.Flavor
 	if info.flavor == "" {
 		info.flavor = flavorOf(version)
+	} else if info.flavor != flavorOf(version) {
+		log.Warn("binlog: Config.Flavor does not match the server; GTIDs and positions may be misread",
+			slog.String("flavor", info.flavor), slog.String("version", version))
 	}
 	vars, err := globalVariables(ctx, db)
 	if err != nil {
 		return info, err
 	}
+	problems := checkSettings(vars, cfg)
+	info.fullMetadata = strings.EqualFold(vars["binlog_row_metadata"], "FULL")
+	grants, err := showGrants(ctx, db)
+	if err != nil {
+		return info, err
+	}
+	problems = append(problems, checkGrants(grants, cfg, log)...)
+	if !info.fullMetadata {
+		log.Warn("binlog: binlog_row_metadata is not FULL; column names come from information_schema, checked against each event (set binlog_row_metadata=FULL to read them from the log)",
+			slog.String("binlog_row_metadata", orUnset(vars["binlog_row_metadata"])))
+		if !grants.has("SELECT") && !grants.roles {
+			log.Warn("binlog: without SELECT the user may not see the columns in information_schema; their rows become table-wide changes",
+				slog.String("user", cfg.User))
+		}
+	}
+	return info, errors.Join(problems...)
+}
+
+// checkSettings returns a *PreflightError for each server variable that
+// stops streaming.
+func checkSettings(vars map[string]string, cfg *Config) []error {
 	var problems []error
 	add := func(setting, value, want, fix string) {
 		problems = append(problems, &PreflightError{Setting: setting, Value: value, Want: want, Fix: fix})
@@ -81,35 +105,31 @@ func preflight(ctx context.Context, db *sql.DB, cfg *Config, log *slog.Logger) (
 		add("Config.ServerID", strconv.FormatUint(uint64(cfg.ServerID), 10), "an id other than the server's own server_id",
 			"give the stream a server id that no server or replica uses")
 	}
-	info.fullMetadata = strings.EqualFold(vars["binlog_row_metadata"], "FULL")
-	grants, err := showGrants(ctx, db)
-	if err != nil {
-		return info, err
-	}
+	return problems
+}
+
+// checkGrants returns a *PreflightError for each missing privilege. With
+// roles, whose privileges SHOW GRANTS does not list, it only warns; the
+// server still refuses a stream that lacks them.
+func checkGrants(grants grantSet, cfg *Config, log *slog.Logger) []error {
+	var problems []error
 	grant := "GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO '" + cfg.User + "'@'<host>'"
-	if !grants.has("REPLICATION SLAVE", "REPLICATION REPLICA") {
-		if grants.roles {
-			log.Warn("binlog: REPLICATION SLAVE not granted directly; relying on a role", slog.String("user", cfg.User))
-		} else {
-			add("REPLICATION SLAVE", "not granted", "granted on *.*", "run "+grant)
+	for _, need := range []struct {
+		name  string
+		alias []string
+	}{
+		{"REPLICATION SLAVE", []string{"REPLICATION SLAVE", "REPLICATION REPLICA"}},
+		{"REPLICATION CLIENT", []string{"REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"}},
+	} {
+		switch {
+		case grants.has(need.alias...):
+		case grants.roles:
+			log.Warn("binlog: "+need.name+" is not granted directly; relying on a role", slog.String("user", cfg.User))
+		default:
+			problems = append(problems, &PreflightError{Setting: need.name, Value: "not granted", Want: "granted on *.*", Fix: "run " + grant})
 		}
 	}
-	if !grants.has("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER") {
-		if grants.roles {
-			log.Warn("binlog: REPLICATION CLIENT not granted directly; relying on a role", slog.String("user", cfg.User))
-		} else {
-			add("REPLICATION CLIENT", "not granted", "granted on *.*", "run "+grant)
-		}
-	}
-	if !info.fullMetadata {
-		log.Warn("binlog: binlog_row_metadata is not FULL; column names come from information_schema, checked against each event (set binlog_row_metadata=FULL to read them from the log)",
-			slog.String("binlog_row_metadata", orUnset(vars["binlog_row_metadata"])))
-		if !grants.has("SELECT") && !grants.roles {
-			log.Warn("binlog: without SELECT the user may not see the columns in information_schema; their rows become table-wide changes",
-				slog.String("user", cfg.User))
-		}
-	}
-	return info, errors.Join(problems...)
+	return problems
 }
 
 func flavorOf(version string) string {

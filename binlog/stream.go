@@ -2,19 +2,14 @@ package binlog
 
 import (
 	"context"
-	"crypto/tls"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"strconv"
-	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
@@ -36,92 +31,10 @@ var (
 	ErrPreflight = errors.New("binlog: server not set up for row-based streaming")
 )
 
-// The server flavors.
-const (
-	FlavorMariaDB = "mariadb"
-	FlavorMySQL   = "mysql"
-)
-
-// Config says how to reach the server. Its String, GoString and LogValue
-// methods leave out the password, so printing or logging a Config is safe.
-type Config struct {
-	// Addr is host:port.
-	Addr string
-	// User and Password are the replication user's credentials. The user
-	// needs REPLICATION SLAVE and REPLICATION CLIENT on *.*, and SELECT
-	// when the server logs minimal row metadata:
-	//
-	//	CREATE USER 'cacheaside'@'%' IDENTIFIED BY '...';
-	//	GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'cacheaside'@'%';
-	User, Password string
-	// TLS, when set, encrypts both the replication connection and the
-	// connection used for checks and schema lookups.
-	TLS *tls.Config
-	// ServerID identifies this stream to the server as a replica. It must be
-	// non-zero and differ from every server's and replica's id; two streams
-	// with the same id push each other off.
-	ServerID uint32
-	// Flavor is FlavorMariaDB or FlavorMySQL; "" detects it from the server.
-	Flavor string
-}
-
-// String describes c without the password.
-func (c Config) String() string {
-	return fmt.Sprintf("binlog.Config{Addr: %q, User: %q, Password: %s, TLS: %t, ServerID: %d, Flavor: %q}",
-		c.Addr, c.User, redactedPassword(c.Password), c.TLS != nil, c.ServerID, c.Flavor)
-}
-
-// GoString is String, so that %#v leaves out the password too.
-func (c Config) GoString() string { return c.String() }
-
-// LogValue leaves out the password in structured logs.
-func (c Config) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("addr", c.Addr), slog.String("user", c.User),
-		slog.Bool("tls", c.TLS != nil), slog.Uint64("server_id", uint64(c.ServerID)), slog.String("flavor", c.Flavor))
-}
-
-func redactedPassword(p string) string {
-	if p == "" {
-		return `""`
-	}
-	return "[redacted]"
-}
-
-// ConfigFromDSN reads Addr, User, Password and TLS from a go-sql-driver
-// DSN such as "user:pass@tcp(db:3306)/?tls=true". ServerID must still be set.
-func ConfigFromDSN(dsn string) (Config, error) {
-	c, err := mysqldrv.ParseDSN(dsn)
-	if err != nil {
-		return Config{}, errors.New("binlog: the DSN does not parse (check its user:password@tcp(host:port)/ form)")
-	}
-	return Config{Addr: c.Addr, User: c.User, Password: c.Passwd, TLS: c.TLS}, nil
-}
-
-// Options tunes a Stream. The zero value and nil mean the defaults.
-type Options struct {
-	// Logger receives reconnects, warnings and preflight notes. Default: discard.
-	Logger *slog.Logger
-	// MaxTxRows bounds the rows held in memory for one transaction; a larger
-	// one is delivered in parts (Tx.More). Default: 10000.
-	MaxTxRows int
-	// HeartbeatPeriod asks the server for a heartbeat when the log is idle.
-	// Default: 1s.
-	HeartbeatPeriod time.Duration
-	// ReadTimeout is how long a connection may stay silent before it is
-	// treated as dead and replaced. Default: 3 × HeartbeatPeriod.
-	ReadTimeout time.Duration
-	// MinBackoff and MaxBackoff bound the jittered, doubling wait between
-	// reconnects. Default: 100ms and 5s.
-	MinBackoff, MaxBackoff time.Duration
-	// Include reports whether rows and changes of a table are delivered;
-	// table is "" for a change to a whole schema. Changes to the whole
-	// server are always delivered. Default: every table.
-	Include func(schema, table string) bool
-}
-
 // Stream reads committed transactions from a server's binary log. It holds
 // only configuration: each Run opens its own connections and closes them
-// before it returns.
+// before it returns. Run it once at a time: two Runs would share one
+// server id and push each other off the server.
 type Stream struct {
 	cfg  Config
 	opts Options
@@ -162,6 +75,10 @@ func New(cfg Config, opts *Options) (*Stream, error) {
 	}
 	if o.ReadTimeout <= 0 {
 		o.ReadTimeout = 3 * o.HeartbeatPeriod
+	}
+	if o.ReadTimeout <= o.HeartbeatPeriod {
+		return nil, fmt.Errorf("binlog: Options.ReadTimeout %v must exceed HeartbeatPeriod %v, or an idle log looks dead",
+			o.ReadTimeout, o.HeartbeatPeriod)
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond
@@ -302,6 +219,7 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 	if err != nil {
 		return false, streamError(err)
 	}
+	s.opts.Logger.Debug("binlog: connected", slog.String("position", pos.String()))
 	a := &assembler{
 		// The schema cache is asked only for tables whose table maps lack
 		// names, signedness or charsets.
@@ -371,128 +289,4 @@ func (s *Stream) connector() driver.Connector {
 	c.Logger = &mysqldrv.NopLogger{}
 	conn, _ := mysqldrv.NewConnector(c) // fails only for settings not used here
 	return conn
-}
-
-// retry runs fn until it succeeds, fails for good or ctx ends.
-func (s *Stream) retry(ctx context.Context, what string, fn func() error) error {
-	bo := backoff{min: s.opts.MinBackoff, max: s.opts.MaxBackoff}
-	for {
-		err := fn()
-		if err == nil || !transient(err) || ctx.Err() != nil {
-			return err
-		}
-		d := bo.next()
-		s.opts.Logger.Warn("binlog: "+what+" failed; retrying", slog.Any("error", s.redact(err)), slog.Duration("after", d))
-		if !sleep(ctx, d) {
-			return ctx.Err()
-		}
-	}
-}
-
-// redact keeps the password out of an error's text. The result still
-// matches the sentinels of the original (errors.Is), but does not unwrap
-// to it, which would show the text again.
-func (s *Stream) redact(err error) error {
-	p := s.cfg.Password
-	if err == nil || len(p) < 3 || !strings.Contains(err.Error(), p) {
-		return err
-	}
-	return &redactedError{msg: strings.ReplaceAll(err.Error(), p, "[redacted]"), err: err}
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string        { return e.msg }
-func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
-
-// streamError classifies an error of the replication connection.
-func streamError(err error) error {
-	var me *gomysql.MyError
-	if !errors.As(err, &me) || me.Code != gomysql.ER_MASTER_FATAL_ERROR_READING_BINLOG {
-		return err
-	}
-	msg := strings.ToLower(me.Message)
-	for _, lost := range []string{"could not find first log file", "could not find gtid state", "purged",
-		"impossible position", "not in the master's binlog", "position > file size", "not found in binlog"} {
-		if strings.Contains(msg, lost) {
-			return fmt.Errorf("%w: %s", ErrPositionLost, me.Message)
-		}
-	}
-	return fmt.Errorf("binlog: the server stopped the replication stream: %s", me.Message)
-}
-
-func replicationErrorCode(err error) uint16 {
-	var me *gomysql.MyError
-	if errors.As(err, &me) {
-		return me.Code
-	}
-	return 0
-}
-
-// transientCodes are server errors that a later attempt may not see.
-var transientCodes = map[uint16]bool{
-	1040: true, // too many connections
-	1053: true, // server shutdown in progress
-	1152: true, // aborted connection
-	1158: true, // network read error
-	1159: true, // network read timeout
-	1160: true, // network write error
-	1161: true, // network write timeout
-	1205: true, // lock wait timeout
-	1213: true, // deadlock
-	1317: true, // query interrupted
-	1927: true, // connection killed (MariaDB)
-	2002: true, // client: cannot connect (socket)
-	2003: true, // client: cannot connect (TCP)
-	2006: true, // client: server has gone away
-	2013: true, // client: lost connection during query
-}
-
-// transient reports whether err may go away on a new connection: network
-// errors and the server errors above. Everything else (access denied, a
-// lost position, an event that does not decode, a bad setting) is final.
-func transient(err error) bool {
-	if err == nil {
-		return false
-	}
-	if code := errorCode(err); code != 0 {
-		return transientCodes[code]
-	}
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, gomysql.ErrBadConn) || errors.Is(err, driver.ErrBadConn) ||
-		errors.Is(err, mysqldrv.ErrInvalidConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, replication.ErrSyncClosed) || errors.Is(err, replication.ErrNeedSyncAgain)
-}
-
-// backoff is a doubling delay with jitter: each wait is uniform in [d/2, d].
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	half := b.cur / 2
-	return half + rand.N(half+1)
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// sleep waits d; false when ctx ended first.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
