@@ -326,4 +326,3 @@ func kindOf(t byte) colKind {
 	}
 	return kAsIs // DECIMAL and TIME arrive as strings already
 }
-
