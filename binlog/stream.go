@@ -217,7 +217,7 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 		streamer, err = syncer.StartSync(gomysql.Position{Name: pos.File, Pos: pos.Offset})
 	}
 	if err != nil {
-		return false, streamError(err)
+		return false, fmt.Errorf("binlog: start streaming at %s: %w", pos, streamError(err))
 	}
 	s.opts.Logger.Debug("binlog: connected", slog.String("position", pos.String()))
 	a := &assembler{
@@ -243,7 +243,7 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 	for {
 		ev, err := streamer.GetEvent(ctx)
 		if err != nil {
-			return progressed, streamError(err)
+			return progressed, fmt.Errorf("binlog: read the stream after %s: %w", pos, streamError(err))
 		}
 		if err := a.handle(ctx, ev); err != nil {
 			return progressed, err

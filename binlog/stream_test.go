@@ -247,6 +247,14 @@ func TestTableChanges(t *testing.T) {
 	}
 	expect(ch{schema, "a", binlog.Unknown})
 	expect(ch{schema, "", binlog.Unknown})
+
+	// CREATE TABLE ... SELECT: the new table and its rows in one transaction.
+	exec(t, db, "CREATE TABLE g SELECT 1 AS id")
+	tx := s.next()
+	require.Len(t, tx.Changes, 1)
+	assert.Equal(t, ch{schema, "g", binlog.Create}, ch{tx.Changes[0].Schema, tx.Changes[0].Table, tx.Changes[0].Kind})
+	require.Len(t, tx.Rows, 1)
+	assert.Equal(t, map[string]any{"id": int64(1)}, tx.Rows[0].After)
 }
 
 func TestLargeTransactionInParts(t *testing.T) {
