@@ -83,9 +83,10 @@ func New(cfg Config, opts *Options) (*Stream, error) {
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond
 	}
-	if o.MaxBackoff < o.MinBackoff {
-		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 5 * time.Second
 	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 	if o.Include == nil {
 		o.Include = func(string, string) bool { return true }
 	}
