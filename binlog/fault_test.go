@@ -187,6 +187,10 @@ func TestDeadConnectionIsNoticed(t *testing.T) {
 	assert.Equal(t, int64(1), c.next().Rows[0].After["id"])
 	before := proxy.connections()
 
+	// An idle log is not a dead connection: heartbeats keep it open.
+	time.Sleep(2500 * time.Millisecond)
+	assert.Equal(t, before, proxy.connections(), "no reconnect while the log was idle")
+
 	proxy.freeze()
 	frozeAt := time.Now()
 	exec(t, db, "INSERT INTO t VALUES (2)")
