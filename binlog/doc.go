@@ -43,7 +43,8 @@
 // and REPLICATION CLIENT privileges. Each wrong setting is a
 // *PreflightError that names the setting and the fix (errors.Is(err,
 // ErrPreflight)). A position the server no longer has is ErrPositionLost:
-// the caller must flush what it derived from the log and start afresh.
+// the caller takes Stream.CurrentPosition, flushes what it derived from the
+// log, and runs again from that position, so nothing falls in between.
 //
 // Credentials: the password goes to the server and nowhere else. Config
 // prints without it, and errors and logs never contain it.

@@ -20,8 +20,9 @@ import (
 var (
 	// ErrPositionLost means the server no longer has the binary log at the
 	// requested position: it was purged, or the position (or GTID) is not
-	// one the server knows. Changes since then cannot be read; a cache fed
-	// by the stream must be flushed and the stream started afresh.
+	// one the server knows. Changes since then cannot be read: take
+	// Stream.CurrentPosition, flush what was derived from the log (a cache
+	// generation bump), then Run from that position.
 	ErrPositionLost = errors.New("binlog: position lost: the server's binary log no longer has it (purged or unknown)")
 	// ErrStaleEpoch is returned by CheckpointStore.Save when a newer epoch
 	// has already saved a checkpoint: the caller is no longer the leader.
