@@ -1,5 +1,7 @@
-// Command quickstart starts a throwaway MariaDB (binlog on) and Redis, writes
-// a row and prints the binlog row event that the write produced.
+// Command quickstart starts a throwaway MariaDB (binlog on) and Redis, wraps
+// a repository method with a read-through cache, runs the binlog
+// invalidator in the background, and shows an UPDATE that bypasses the
+// library reach the cache through the binlog.
 package main
 
 import (
@@ -7,14 +9,17 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/cache"
 	"github.com/cacheaside/cacheaside/internal/testenv"
+	"github.com/cacheaside/cacheaside/invalidate"
 )
 
 func main() {
@@ -26,6 +31,40 @@ func main() {
 	}
 }
 
+// User is a row of shop.users.
+type User struct {
+	ID    int64
+	Email string
+	Name  string
+}
+
+// Users is a repository whose reads go through the cache.
+type Users struct {
+	db    *sql.DB
+	cache *cache.Cache
+}
+
+// Get reads a user through the cache; on a miss it loads from MariaDB.
+func (r *Users) Get(ctx context.Context, id int64) (User, error) {
+	return cache.Fetch(ctx, r.cache, fmt.Sprintf("user:%d", id), func(ctx context.Context) (User, error) {
+		fmt.Printf("  (loading user %d from MariaDB)\n", id)
+		u := User{ID: id}
+		err := r.db.QueryRowContext(ctx, "SELECT email, name FROM shop.users WHERE id = ?", id).Scan(&u.Email, &u.Name)
+		if errors.Is(err, sql.ErrNoRows) {
+			return User{}, cache.ErrNotFound
+		}
+		return u, err
+	})
+}
+
+// Rename updates a user through the cache: delete, write, delete again.
+func (r *Users) Rename(ctx context.Context, id int64, name string) error {
+	return r.cache.Write(ctx, []string{fmt.Sprintf("user:%d", id)}, func(ctx context.Context) error {
+		_, err := r.db.ExecContext(ctx, "UPDATE shop.users SET name = ? WHERE id = ?", name, id)
+		return err
+	})
+}
+
 func run(ctx context.Context) error {
 	fmt.Println("starting MariaDB (binlog on) and Redis on loopback ports ...")
 	env, err := testenv.Start(nil)
@@ -33,91 +72,119 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer env.Close()
-	fmt.Printf("MariaDB at %s, Redis at %s\n", env.MySQLConfig("").Addr, env.RedisAddr())
+	cfg := env.MySQLConfig("")
+	fmt.Printf("MariaDB at %s, Redis at %s\n", cfg.Addr, env.RedisAddr())
 
 	db := env.Admin()
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS shop",
-		"CREATE TABLE IF NOT EXISTS shop.users (id BIGINT PRIMARY KEY, email VARCHAR(100))",
+		"CREATE TABLE IF NOT EXISTS shop.users (id BIGINT PRIMARY KEY, email VARCHAR(100), name VARCHAR(100))",
+		"REPLACE INTO shop.users VALUES (1, 'ada@example.com', 'Ada')",
 	} {
 		if _, err := db.ExecContext(ctx, q); err != nil {
 			return err
 		}
 	}
-	file, pos, err := masterStatus(ctx, db)
-	if err != nil {
-		return err
-	}
 
-	cfg := env.MySQLConfig("")
-	host, port, err := splitAddr(cfg.Addr)
-	if err != nil {
-		return err
-	}
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID: 1001, Flavor: mysql.MariaDBFlavor, Host: host, Port: port,
-		User: cfg.User, Password: cfg.Passwd,
-	})
-	defer syncer.Close()
-	streamer, err := syncer.StartSync(mysql.Position{Name: file, Pos: pos})
-	if err != nil {
-		return err
-	}
+	rdb := redis.NewClient(&redis.Options{Addr: env.RedisAddr()})
+	defer rdb.Close()
+	c := cache.New(rdb, &cache.Options{TTL: 10 * time.Minute, TombstoneTTL: 100 * time.Millisecond})
+	defer c.Close()
+	users := &Users{db: db, cache: c}
 
-	fmt.Println("write: INSERT INTO shop.users VALUES (1, 'ada@example.com')")
-	if _, err := db.ExecContext(ctx, "INSERT INTO shop.users VALUES (1, 'ada@example.com')"); err != nil {
+	// The invalidator: binlog row changes of shop.users -> cache keys.
+	rules, err := invalidate.NewRules(invalidate.Rule{Schema: "shop", Table: "users", Keys: []string{"user:{id}"}})
+	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		ev, err := streamer.GetEvent(ctx)
-		if err != nil {
-			return err
-		}
-		rows, ok := ev.Event.(*replication.RowsEvent)
-		if !ok {
-			continue
-		}
-		fmt.Printf("binlog row event: %s.%s %v\n", rows.Table.Schema, rows.Table.Table, ev.Header.EventType)
-		names := rows.Table.ColumnNameString()
-		for _, row := range rows.Rows {
-			for i, v := range row {
-				fmt.Printf("  %s = %v\n", names[i], v)
+	stream, err := binlog.New(binlog.Config{Addr: cfg.Addr, User: cfg.User, Password: cfg.Passwd, ServerID: 100 + rand.Uint32N(1<<20)}, nil)
+	if err != nil {
+		return err
+	}
+	applied := make(chan invalidate.Applied, 64)
+	inv := invalidate.New(stream, c, rdb, rules, &invalidate.Options{
+		LeaderTTL: time.Second,
+		OnApplied: func(a invalidate.Applied) {
+			select {
+			case applied <- a:
+			default:
 			}
-		}
-		return nil
+		},
+	})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	invDone := make(chan error, 1)
+	go func() { invDone <- inv.Run(ctx) }()
+	for !inv.Stats().Leader {
+		time.Sleep(10 * time.Millisecond)
 	}
-}
 
-func masterStatus(ctx context.Context, db *sql.DB) (string, uint32, error) {
-	rows, err := db.QueryContext(ctx, "SHOW MASTER STATUS")
+	fmt.Println("\n1. first read: a miss, loaded from MariaDB and cached")
+	u, err := users.Get(ctx, 1)
 	if err != nil {
-		return "", 0, err
+		return err
 	}
-	defer rows.Close()
-	cols, _ := rows.Columns()
-	if !rows.Next() {
-		return "", 0, errors.New("SHOW MASTER STATUS returned nothing: is log_bin on?")
+	fmt.Printf("  -> %+v\n", u)
+	fmt.Println("2. second read: a hit, no MariaDB")
+	if u, err = users.Get(ctx, 1); err != nil {
+		return err
 	}
-	var file string
-	var pos uint32
-	dest := []any{&file, &pos}
-	for range cols[2:] {
-		dest = append(dest, new(sql.RawBytes))
+	fmt.Printf("  -> %+v\n", u)
+
+	fmt.Println("3. an UPDATE by plain SQL that bypasses the library")
+	if _, err := db.ExecContext(ctx, "UPDATE shop.users SET name = 'Ada Lovelace' WHERE id = 1"); err != nil {
+		return err
 	}
-	return file, pos, rows.Scan(dest...)
+	if err := waitFor(ctx, applied, "user:1"); err != nil {
+		return err
+	}
+	fmt.Println("4. read again: the stale copy is gone")
+	if u, err = users.Get(ctx, 1); err != nil {
+		return err
+	}
+	fmt.Printf("  -> %+v\n", u)
+
+	fmt.Println("5. an update through the repository (delete, write, delete)")
+	if err := users.Rename(ctx, 1, "Countess of Lovelace"); err != nil {
+		return err
+	}
+	if u, err = users.Get(ctx, 1); err != nil {
+		return err
+	}
+	fmt.Printf("  -> %+v\n", u)
+
+	fmt.Println("6. a user that does not exist: the not-found answer is cached too")
+	for range 2 {
+		_, err := users.Get(ctx, 404)
+		fmt.Printf("  -> %v\n", err)
+	}
+	st := inv.Stats()
+	fmt.Printf("\ninvalidator: %d transactions, %d keys, apply p50 %v; cache: %+v\n",
+		st.Transactions, st.Keys, st.ApplyP50, c.Stats())
+	cancel()
+	return <-invDone
 }
 
-func splitAddr(addr string) (string, uint16, error) {
-	var host string
-	var port uint16
-	for i := len(addr) - 1; i >= 0; i-- {
-		if addr[i] == ':' {
-			host = addr[:i]
-			_, err := fmt.Sscan(addr[i+1:], &port)
-			return host, port, err
+// waitFor prints binlog transactions as the invalidator applies them until
+// one invalidated key.
+func waitFor(ctx context.Context, applied <-chan invalidate.Applied, key string) error {
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case a := <-applied:
+			for _, r := range a.Tx.Rows {
+				fmt.Printf("  binlog: %s %s.%s before=%v after=%v\n", r.Op, r.Schema, r.Table, r.Before, r.After)
+			}
+			for _, k := range a.Keys {
+				fmt.Printf("  invalidated %s, %v after the transaction arrived\n", k, a.AckedAt.Sub(a.ReceivedAt))
+				if k == key {
+					return nil
+				}
+			}
+		case <-timeout:
+			return fmt.Errorf("no invalidation of %s within 10s", key)
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
-	return "", 0, fmt.Errorf("bad address %q", addr)
 }

@@ -1,0 +1,153 @@
+package invalidate_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/invalidate"
+)
+
+// benchStack is a stack whose invalidator also reports to onApplied.
+func benchStack(b *testing.B, onApplied func(invalidate.Applied)) *stack {
+	b.Helper()
+	return newStack(b, stackOptions{inv: &invalidate.Options{OnApplied: onApplied}})
+}
+
+// BenchmarkCommitToAck commits single-row updates at a steady 5,000 commits/s
+// from 8 connections and reports the time from sending each COMMIT to
+// Redis acknowledging its invalidation (p50, p99). BenchmarkRawRedisDel is
+// the floor: one DEL round trip on the same Redis.
+func BenchmarkCommitToAck(b *testing.B) {
+	const rate = 5000
+	var sent sync.Map // version -> time sent
+	lags := make([]time.Duration, 0, b.N)
+	var mu sync.Mutex
+	var acked atomic.Int64
+	done := make(chan struct{})
+	s := benchStack(b, func(a invalidate.Applied) {
+		for _, r := range a.Tx.Rows {
+			v, ok := r.After["version"].(int64)
+			if !ok {
+				continue
+			}
+			if t0, ok := sent.Load(v); ok {
+				mu.Lock()
+				lags = append(lags, a.AckedAt.Sub(t0.(time.Time)))
+				mu.Unlock()
+				if acked.Add(1) == int64(b.N) {
+					close(done)
+				}
+			}
+		}
+	})
+	const rows = 1000
+	var vals []string
+	for id := 1; id <= rows; id++ {
+		vals = append(vals, fmt.Sprintf("(%d, 'u%d@x.io', 'n', 0)", id, id))
+	}
+	_, err := s.db.Exec("INSERT INTO users VALUES " + strings.Join(vals, ","))
+	require.NoError(b, err)
+	s.fence(b)
+
+	b.ResetTimer()
+	var next atomic.Int64
+	tick := time.Second / rate
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			conn, err := s.db.Conn(context.Background())
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer conn.Close()
+			_ = w
+			for {
+				n := next.Add(1)
+				if n > int64(b.N) {
+					return
+				}
+				if d := time.Until(start.Add(time.Duration(n) * tick)); d > 0 {
+					time.Sleep(d)
+				}
+				sent.Store(n, time.Now())
+				if _, err := conn.ExecContext(context.Background(), "UPDATE users SET version = ? WHERE id = ?", n, 1+n%rows); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		b.Fatalf("only %d of %d invalidations acknowledged", acked.Load(), b.N)
+	}
+	b.StopTimer()
+	mu.Lock()
+	slices.Sort(lags)
+	b.ReportMetric(float64(lags[len(lags)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lags[len(lags)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "commits/s")
+	mu.Unlock()
+}
+
+// BenchmarkRawRedisDel is one DEL round trip: the floor of any invalidation.
+func BenchmarkRawRedisDel(b *testing.B) {
+	rdb := env.NewRedis(nil)
+	defer rdb.Close()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if err := rdb.Del(ctx, fmt.Sprint("bench:del:", i)).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkKeysPerSecond streams transactions that each update 1,000 rows
+// (2,000 keys: id and email) as fast as MariaDB commits them and reports
+// the keys per second the invalidator gets acknowledged by Redis.
+func BenchmarkKeysPerSecond(b *testing.B) {
+	var keys atomic.Int64
+	var txs atomic.Int64
+	done := make(chan struct{})
+	s := benchStack(b, func(a invalidate.Applied) {
+		keys.Add(int64(len(a.Keys)))
+		if len(a.Tx.Rows) >= 1000 && !a.Tx.More && txs.Add(1) == int64(b.N) {
+			close(done)
+		}
+	})
+	var vals []string
+	for id := 1; id <= 1000; id++ {
+		vals = append(vals, fmt.Sprintf("(%d, 'u%d@x.io', 'n', 0)", id, id))
+	}
+	_, err := s.db.Exec("INSERT INTO users VALUES " + strings.Join(vals, ","))
+	require.NoError(b, err)
+	s.fence(b)
+	keys.Store(0)
+
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		_, err := s.db.Exec("UPDATE users SET version = version + 1")
+		require.NoError(b, err)
+	}
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		b.Fatalf("only %d of %d transactions acknowledged", txs.Load(), b.N)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(keys.Load())/time.Since(start).Seconds(), "keys/s")
+}

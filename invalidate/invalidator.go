@@ -1,0 +1,426 @@
+package invalidate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/lock"
+)
+
+// Target is what the invalidator invalidates: *cache.Cache implements it.
+// Each method returns nil only once Redis has acknowledged the whole call.
+type Target interface {
+	Invalidate(ctx context.Context, keys ...string) error
+	InvalidateNamespace(ctx context.Context, namespaces ...string) error
+	InvalidateAll(ctx context.Context) error
+}
+
+// Adder records keys that now exist: *bloom.Filter implements it.
+type Adder interface {
+	Add(ctx context.Context, keys ...string) error
+}
+
+// Options configures an Invalidator. A nil *Options means the defaults.
+type Options struct {
+	// Checkpoints stores the position reached. Default: a Redis checkpoint
+	// beside the cache, at "cacheaside:invalidate:checkpoint", so that if
+	// Redis loses data the checkpoint rolls back with it and the lost
+	// invalidations are replayed.
+	Checkpoints binlog.CheckpointStore
+	// LeaderKey names the lock that elects the one instance that consumes
+	// the binlog. Default: "cacheaside:invalidate:leader".
+	LeaderKey string
+	// LeaderTTL is the leader lock's TTL: a dead leader is replaced after
+	// about this long. Default: 5s.
+	LeaderTTL time.Duration
+	// Filter, when set, is told the keys of every inserted row (a Bloom
+	// filter of existing keys). Default: none.
+	Filter Adder
+	// CheckpointInterval is the most time between checkpoint saves while
+	// transactions flow. Default: 100ms.
+	CheckpointInterval time.Duration
+	// MaxBatchKeys bounds the keys sent to Redis in one pipeline. Default: 10000.
+	MaxBatchKeys int
+	// Queue is how many transactions may wait between the binlog and Redis;
+	// when it is full the binlog stream waits (backpressure). Default: 1024.
+	Queue int
+	// RetryMin and RetryMax bound the backoff between retries of a failed
+	// invalidation, which is retried for as long as it takes. Default: 10ms, 1s.
+	RetryMin, RetryMax time.Duration
+	// OnApplied, when set, is called after Redis acknowledged a batch, with
+	// every transaction in it. It must not block. Default: none.
+	OnApplied func(Applied)
+	// Logger receives non-fatal errors (retries) and the loud notice of a
+	// lost binlog position. Default: discard.
+	Logger *slog.Logger
+}
+
+// Applied describes one transaction whose invalidations Redis acknowledged.
+type Applied struct {
+	Tx         *binlog.Tx
+	Keys       []string
+	ReceivedAt time.Time
+	AckedAt    time.Time
+}
+
+func (o *Options) withDefaults(rdb redis.UniversalClient) Options {
+	var v Options
+	if o != nil {
+		v = *o
+	}
+	if v.Checkpoints == nil {
+		v.Checkpoints = binlog.NewRedisCheckpoints(rdb, "cacheaside:invalidate:checkpoint")
+	}
+	if v.LeaderKey == "" {
+		v.LeaderKey = "cacheaside:invalidate:leader"
+	}
+	if v.LeaderTTL <= 0 {
+		v.LeaderTTL = 5 * time.Second
+	}
+	if v.CheckpointInterval <= 0 {
+		v.CheckpointInterval = 100 * time.Millisecond
+	}
+	if v.MaxBatchKeys <= 0 {
+		v.MaxBatchKeys = 10000
+	}
+	if v.Queue <= 0 {
+		v.Queue = 1024
+	}
+	if v.RetryMin <= 0 {
+		v.RetryMin = 10 * time.Millisecond
+	}
+	if v.RetryMax < v.RetryMin {
+		v.RetryMax = max(time.Second, v.RetryMin)
+	}
+	if v.Logger == nil {
+		v.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return v
+}
+
+// Invalidator turns committed row changes into cache invalidations. Every
+// instance of a service runs one; a leader election lets one consume the
+// binlog while the others stand by and take over from the checkpoint.
+type Invalidator struct {
+	stream *binlog.Stream
+	target Target
+	rdb    redis.UniversalClient
+	rules  *Rules
+	opts   Options
+	stats  stats
+}
+
+// New returns an Invalidator that reads stream, applies rules and
+// invalidates target. rdb holds the leader lock and, by default, the
+// checkpoint. New does no I/O.
+func New(stream *binlog.Stream, target Target, rdb redis.UniversalClient, rules *Rules, opts *Options) *Invalidator {
+	inv := &Invalidator{stream: stream, target: target, rdb: rdb, rules: rules, opts: opts.withDefaults(rdb)}
+	inv.stats.init()
+	return inv
+}
+
+// Run campaigns for leadership and, while leader, streams the binlog from
+// the checkpoint and invalidates. It returns nil after ctx is cancelled and
+// the first fatal error otherwise (a wrong MySQL setting, a failing rule).
+func (inv *Invalidator) Run(ctx context.Context) error {
+	el := lock.NewElection(inv.rdb, inv.opts.LeaderKey, &lock.ElectionOptions{TTL: inv.opts.LeaderTTL, Logger: inv.opts.Logger})
+	return el.Run(ctx, inv.lead)
+}
+
+// work is one transaction on its way from the binlog to Redis.
+type work struct {
+	tx         *binlog.Tx
+	keys       []string
+	adds       []string // keys of inserted rows, for the filter
+	namespaces []string
+	all        bool
+	received   time.Time
+}
+
+// lead consumes the binlog while this instance leads. epoch fences its
+// checkpoint writes against a deposed leader.
+func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
+	var pos binlog.Position
+	err := inv.retry(ctx, "load checkpoint", func() (err error) { pos, err = inv.opts.Checkpoints.Load(ctx); return err })
+	if err != nil {
+		return nil // ctx ended
+	}
+	if pos.IsZero() {
+		// First start: begin at the server's position now, and checkpoint it at
+		// once, so that a leader that takes over later starts there too rather
+		// than at its own "now", which would skip what came in between.
+		if err := inv.retry(ctx, "read current position", func() (err error) { pos, err = inv.stream.CurrentPosition(ctx); return err }); err != nil {
+			return nil
+		}
+		if err := inv.save(ctx, epoch, pos); err != nil {
+			return err
+		}
+	}
+	inv.stats.setLeader(epoch)
+	defer inv.stats.setLeader(0)
+	inv.opts.Logger.Info("invalidate: leading", "epoch", epoch, "from", pos.String())
+	for {
+		err := inv.consume(ctx, epoch, pos)
+		if errors.Is(err, ErrDeposed) {
+			// A newer leader saved a checkpoint, so this one's lock is gone; the
+			// election notices within its TTL and cancels ctx, then campaigns again.
+			inv.opts.Logger.Warn("invalidate: deposed by a newer leader", "epoch", epoch)
+			<-ctx.Done()
+			return nil
+		}
+		if !errors.Is(err, binlog.ErrPositionLost) || ctx.Err() != nil {
+			return err
+		}
+		// The binlog no longer holds the checkpoint: changes were lost. Flush the
+		// whole cache in O(1) and go on from the position the server has now.
+		// The position is taken before the flush, so every change after it is
+		// streamed and every fill after the flush read newer data.
+		inv.opts.Logger.Error("invalidate: binlog position lost; flushing the whole cache and restarting from the current position",
+			"checkpoint", pos.String(), "err", err)
+		var now binlog.Position
+		if err := inv.retry(ctx, "read current position", func() (err error) { now, err = inv.stream.CurrentPosition(ctx); return err }); err != nil {
+			return nil
+		}
+		if err := inv.retry(ctx, "flush cache", func() error { return inv.target.InvalidateAll(ctx) }); err != nil {
+			return nil
+		}
+		inv.stats.flushes.Add(1)
+		if err := inv.save(ctx, epoch, now); err != nil {
+			return err
+		}
+		pos = now
+	}
+}
+
+// consume runs the stream into a bounded queue and the queue into Redis.
+func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.Position) error {
+	g, gctx := errgroup.WithContext(ctx)
+	queue := make(chan *work, inv.opts.Queue)
+	g.Go(func() error {
+		defer close(queue)
+		return inv.stream.Run(gctx, from, binlog.HandlerFunc(func(ctx context.Context, tx *binlog.Tx) error {
+			w, err := inv.plan(tx)
+			if err != nil {
+				return err
+			}
+			select {
+			case queue <- w:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}))
+	})
+	g.Go(func() error { return inv.apply(gctx, epoch, queue) })
+	err := g.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// plan turns a transaction into the keys and namespaces to invalidate.
+func (inv *Invalidator) plan(tx *binlog.Tx) (*work, error) {
+	w := &work{tx: tx, received: time.Now()}
+	for i := range tx.Rows {
+		row := &tx.Rows[i]
+		keys, err := inv.rules.Keys(*row)
+		if err != nil {
+			return nil, err
+		}
+		w.keys = append(w.keys, keys...)
+		if row.Op == binlog.Insert || row.Op == binlog.Update {
+			w.adds = append(w.adds, keys...)
+		}
+	}
+	for _, ch := range tx.Changes {
+		if ch.Table == "" {
+			continue
+		}
+		ns, all := inv.rules.TableWide(ch.Schema, ch.Table)
+		w.namespaces = append(w.namespaces, ns...)
+		w.all = w.all || all
+	}
+	inv.stats.rows.Add(uint64(len(tx.Rows)))
+	return w, nil
+}
+
+// apply drains the queue in batches: each batch is invalidated with
+// retries until Redis acknowledges it, and only then may the checkpoint
+// move past its transactions.
+func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *work) error {
+	var (
+		pending   binlog.Position // last acknowledged transaction boundary not yet saved
+		lastSaved = time.Now()
+		batch     []*work
+	)
+	defer func() {
+		if !pending.IsZero() {
+			// Save what was acknowledged even though ctx ended; a deposed leader's
+			// write is refused by the epoch fence.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			defer cancel()
+			_ = inv.opts.Checkpoints.Save(sctx, epoch, pending)
+		}
+	}()
+	for {
+		batch = batch[:0]
+		var w *work
+		var ok bool
+		select {
+		case w, ok = <-queue:
+		case <-time.After(inv.opts.CheckpointInterval):
+			if !pending.IsZero() {
+				if err := inv.save(ctx, epoch, pending); err != nil {
+					return err
+				}
+				pending, lastSaved = binlog.Position{}, time.Now()
+			}
+			continue
+		}
+		if !ok {
+			return nil
+		}
+		batch = append(batch, w)
+		nkeys := len(w.keys)
+	fill:
+		for nkeys < inv.opts.MaxBatchKeys {
+			select {
+			case w, ok = <-queue:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, w)
+				nkeys += len(w.keys)
+			default:
+				break fill
+			}
+		}
+		if err := inv.invalidate(ctx, batch); err != nil {
+			return nil // ctx ended
+		}
+		for _, w := range batch {
+			if !w.tx.More {
+				pending = w.tx.Pos
+			}
+		}
+		if !pending.IsZero() && time.Since(lastSaved) >= inv.opts.CheckpointInterval {
+			if err := inv.save(ctx, epoch, pending); err != nil {
+				return err
+			}
+			pending, lastSaved = binlog.Position{}, time.Now()
+		}
+	}
+}
+
+// invalidate applies one batch, retrying until Redis acknowledges all of it.
+func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) error {
+	var keys, adds, namespaces []string
+	all := false
+	for _, w := range batch {
+		keys = append(keys, w.keys...)
+		adds = append(adds, w.adds...)
+		namespaces = append(namespaces, w.namespaces...)
+		all = all || w.all
+	}
+	inv.opts.Logger.Debug("invalidate: batch", "transactions", len(batch), "keys", len(keys), "namespaces", namespaces, "all", all)
+	err := inv.retry(ctx, "invalidate", func() error {
+		if all {
+			if err := inv.target.InvalidateAll(ctx); err != nil {
+				return err
+			}
+		} else if len(namespaces) > 0 {
+			if err := inv.target.InvalidateNamespace(ctx, namespaces...); err != nil {
+				return err
+			}
+		}
+		if len(keys) > 0 {
+			if err := inv.target.Invalidate(ctx, keys...); err != nil {
+				return err
+			}
+		}
+		if inv.opts.Filter != nil && len(adds) > 0 {
+			return inv.opts.Filter.Add(ctx, adds...)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, w := range batch {
+		inv.stats.record(w, now)
+		if inv.opts.OnApplied != nil {
+			inv.opts.OnApplied(Applied{Tx: w.tx, Keys: w.keys, ReceivedAt: w.received, AckedAt: now})
+		}
+	}
+	inv.stats.batches.Add(1)
+	inv.stats.keys.Add(uint64(len(keys)))
+	return nil
+}
+
+// save writes the checkpoint, retrying Redis errors. A newer leader's
+// checkpoint makes it fatal for this leadership: ErrDeposed.
+func (inv *Invalidator) save(ctx context.Context, epoch uint64, pos binlog.Position) error {
+	err := inv.retry(ctx, "save checkpoint", func() error {
+		err := inv.opts.Checkpoints.Save(ctx, epoch, pos)
+		if errors.Is(err, binlog.ErrStaleEpoch) {
+			return backoffStop{err}
+		}
+		return err
+	})
+	var stop backoffStop
+	if errors.As(err, &stop) {
+		return fmt.Errorf("%w: %w", ErrDeposed, stop.err)
+	}
+	if err == nil {
+		inv.stats.setPosition(pos)
+	}
+	return nil
+}
+
+// ErrDeposed reports that a newer leader has saved a checkpoint: this
+// instance's leadership is over. Run goes back to campaigning.
+var ErrDeposed = errors.New("invalidate: deposed by a newer leader")
+
+type backoffStop struct{ err error }
+
+func (b backoffStop) Error() string { return b.err.Error() }
+
+// retry calls fn until it succeeds, fn returns a backoffStop, or ctx ends;
+// it waits between calls with jittered exponential backoff.
+func (inv *Invalidator) retry(ctx context.Context, what string, fn func() error) error {
+	wait := inv.opts.RetryMin
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		var stop backoffStop
+		if errors.As(err, &stop) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		inv.stats.retries.Add(1)
+		inv.opts.Logger.Warn("invalidate: retrying", "op", what, "err", err, "wait", wait)
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, inv.opts.RetryMax)
+	}
+}

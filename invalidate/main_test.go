@@ -1,0 +1,249 @@
+package invalidate_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/cache"
+	"github.com/cacheaside/cacheaside/internal/testenv"
+	"github.com/cacheaside/cacheaside/invalidate"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	testenv.Main(m, &env, testenv.Children{
+		"invalidator": childInvalidator,
+		"writer-dies": childWriterDies,
+	})
+}
+
+// newStream returns a binlog stream on the harness server with a server id
+// of its own, so several streams can run at once.
+func newStream(tb testing.TB, e *testenv.Env) *binlog.Stream {
+	tb.Helper()
+	cfg := e.MySQLConfig("")
+	s, err := binlog.New(binlog.Config{
+		Addr: cfg.Addr, User: cfg.User, Password: cfg.Passwd,
+		ServerID: 1000 + rand.Uint32N(1<<30),
+	}, &binlog.Options{Logger: debugLogger()})
+	require.NoError(tb, err)
+	return s
+}
+
+// stack is a cache, an invalidator and a record of what it applied, on a
+// database and key prefix of the test's own.
+type stack struct {
+	db      *sql.DB
+	dbName  string
+	prefix  string
+	rdb     *redis.Client
+	cache   *cache.Cache
+	inv     *invalidate.Invalidator
+	applied *appliedLog
+	rules   *invalidate.Rules
+	invOpts invalidate.Options
+	stop    func()
+}
+
+type stackOptions struct {
+	cache *cache.Options
+	inv   *invalidate.Options
+	rules func(db, prefix string) []invalidate.Rule
+	// external: no invalidator in this process (children run them).
+	external bool
+}
+
+func usersRules(db, prefix string) []invalidate.Rule {
+	return []invalidate.Rule{
+		{Schema: db, Table: "users", Keys: []string{prefix + "user:{id}", prefix + "user:email:{email|lower}"}},
+		{Schema: db, Table: "fence", Keys: []string{prefix + "fence:{id}"}},
+	}
+}
+
+const usersDDL = `CREATE TABLE users (id BIGINT UNSIGNED PRIMARY KEY, email VARCHAR(100) NOT NULL, name VARCHAR(100) NOT NULL, version BIGINT NOT NULL DEFAULT 0)`
+
+// newStack creates the users and fence tables and starts an invalidator that
+// runs until the test ends.
+func newStack(t testing.TB, o stackOptions) *stack {
+	t.Helper()
+	db, name := env.NewDatabase(t)
+	for _, q := range []string{usersDDL, "CREATE TABLE fence (id BIGINT PRIMARY KEY)"} {
+		_, err := db.Exec(q)
+		require.NoError(t, err)
+	}
+	s := &stack{db: db, dbName: name, prefix: env.Prefix(t), rdb: env.RedisClient(t), applied: newAppliedLog()}
+	co := cache.Options{}
+	if o.cache != nil {
+		co = *o.cache
+	}
+	co.Prefix = s.prefix
+	s.cache = cache.New(s.rdb, &co)
+	t.Cleanup(func() { s.cache.Close() })
+	rulesFor := usersRules
+	if o.rules != nil {
+		rulesFor = o.rules
+	}
+	rules, err := invalidate.NewRules(rulesFor(name, s.prefix)...)
+	require.NoError(t, err)
+	require.NoError(t, rules.Check(context.Background(), db))
+	io := invalidate.Options{}
+	if o.inv != nil {
+		io = *o.inv
+	}
+	io.LeaderKey = s.prefix + "leader"
+	io.Checkpoints = binlog.NewRedisCheckpoints(s.rdb, s.prefix+"checkpoint")
+	io.LeaderTTL = time.Second
+	io.Logger = debugLogger()
+	io.OnApplied = s.applied.record
+	if hook := io.OnApplied; o.inv != nil && o.inv.OnApplied != nil {
+		extra := o.inv.OnApplied
+		io.OnApplied = func(a invalidate.Applied) { hook(a); extra(a) }
+	}
+	s.rules, s.invOpts = rules, io
+	if !o.external {
+		s.inv = s.newInvalidator(t)
+		s.stop = s.run(t)
+	}
+	return s
+}
+
+// newInvalidator returns another invalidator of the stack, sharing its
+// leader lock and checkpoint.
+func (s *stack) newInvalidator(t testing.TB) *invalidate.Invalidator {
+	return invalidate.New(newStream(t, env), s.cache, s.rdb, s.rules, &s.invOpts)
+}
+
+// run starts the invalidator, waits until it leads and streams, and returns
+// a func that stops it (also called when the test ends).
+func (s *stack) run(t testing.TB) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.inv.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	require.Eventually(t, func() bool { return s.inv.Stats().Leader }, 15*time.Second, 5*time.Millisecond)
+	s.fence(t) // streaming has started
+	return stop
+}
+
+// fence commits a marker row and waits until the invalidator has applied
+// it: every transaction committed before has been applied too.
+func (s *stack) fence(t testing.TB) {
+	t.Helper()
+	id := rand.Int64()
+	key := s.prefix + "fence:" + strconv.FormatInt(id, 10)
+	if s.inv == nil {
+		// The invalidator runs elsewhere: watch a marker value in Redis go.
+		require.NoError(t, s.rdb.Set(context.Background(), key, "marker", time.Minute).Err())
+	}
+	_, err := s.db.Exec("INSERT INTO fence VALUES (?)", id)
+	require.NoError(t, err)
+	if s.inv != nil {
+		s.applied.wait(t, key)
+		return
+	}
+	require.Eventually(t, func() bool {
+		v, err := s.rdb.Get(context.Background(), key).Result()
+		return errors.Is(err, redis.Nil) || err == nil && v != "marker"
+	}, 30*time.Second, 5*time.Millisecond, "invalidation of %s not applied", key)
+}
+
+// appliedLog records every key the invalidator reported acknowledged.
+type appliedLog struct {
+	mu   sync.Mutex
+	keys map[string]int
+	tick chan struct{}
+}
+
+func newAppliedLog() *appliedLog {
+	return &appliedLog{keys: map[string]int{}, tick: make(chan struct{}, 1)}
+}
+
+func (a *appliedLog) record(ap invalidate.Applied) {
+	a.mu.Lock()
+	for _, k := range ap.Keys {
+		a.keys[k]++
+	}
+	a.mu.Unlock()
+	select {
+	case a.tick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *appliedLog) count(key string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.keys[key]
+}
+
+// wait blocks until key has been applied at least once more than before it
+// was called... or at all, when it was never applied.
+func (a *appliedLog) wait(t testing.TB, key string) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for a.count(key) == 0 {
+		select {
+		case <-a.tick:
+		case <-time.After(10 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("invalidation of %s not applied within 20s", key)
+		}
+	}
+}
+
+type user struct {
+	ID      uint64
+	Email   string
+	Name    string
+	Version int64
+}
+
+// loadUser reads a user from MariaDB, the source of truth.
+func loadUser(ctx context.Context, db *sql.DB, id uint64) (user, error) {
+	u := user{ID: id}
+	err := db.QueryRowContext(ctx, "SELECT email, name, version FROM users WHERE id = ?", id).Scan(&u.Email, &u.Name, &u.Version)
+	if err == sql.ErrNoRows {
+		return user{}, cache.ErrNotFound
+	}
+	return u, err
+}
+
+func userKey(prefix string, id uint64) string { return prefix + "user:" + strconv.FormatUint(id, 10) }
+
+// fetchUser reads through the cache and reports whether the loader ran.
+func (s *stack) fetchUser(ctx context.Context, id uint64) (u user, loaded bool, err error) {
+	u, err = cache.Fetch(ctx, s.cache, userKey(s.prefix, id), func(ctx context.Context) (user, error) {
+		loaded = true
+		return loadUser(ctx, s.db, id)
+	})
+	return u, loaded, err
+}
+
+// debugLogger logs to stderr when INVALIDATE_DEBUG is set, else nowhere.
+func debugLogger() *slog.Logger {
+	if os.Getenv("INVALIDATE_DEBUG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -1,0 +1,246 @@
+package invalidate_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/cache"
+	"github.com/cacheaside/cacheaside/internal/testenv"
+	"github.com/cacheaside/cacheaside/invalidate"
+)
+
+func TestRulesCheckNamesMissingColumn(t *testing.T) {
+	db, name := env.NewDatabase(t)
+	_, err := db.Exec(usersDDL)
+	require.NoError(t, err)
+	rules, err := invalidate.NewRules(invalidate.Rule{Schema: name, Table: "users", Keys: []string{"user:{id}", "user:phone:{phone}"}})
+	require.NoError(t, err)
+	err = rules.Check(context.Background(), db)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `no column "phone"`)
+
+	rules, err = invalidate.NewRules(invalidate.Rule{Table: "nope", Keys: []string{"x:{id}"}})
+	require.NoError(t, err)
+	assert.ErrorContains(t, rules.Check(context.Background(), db), "table not found")
+}
+
+func TestRowKeysFromBothImages(t *testing.T) {
+	rules, err := invalidate.NewRules(
+		invalidate.Rule{Schema: "app", Table: "users", Keys: []string{"user:{id}", "user:email:{email|lower}"}},
+		invalidate.Rule{Table: "users", Func: func(r binlog.Row) []string { return []string{"users:count"} }, Namespaces: []string{"users"}},
+	)
+	require.NoError(t, err)
+	keys, err := rules.Keys(binlog.Row{
+		Schema: "app", Table: "users", Op: binlog.Update,
+		Before: map[string]any{"id": uint64(7), "email": "Old@x.io"},
+		After:  map[string]any{"id": uint64(7), "email": "new@x.io"},
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"user:7", "user:email:new@x.io", "user:email:old@x.io", "users:count"}, keys)
+
+	keys, err = rules.Keys(binlog.Row{Schema: "other", Table: "users", Op: binlog.Insert, After: map[string]any{"id": int64(1)}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"users:count"}, keys, "a rule with a Schema matches that schema only")
+
+	ns, all := rules.TableWide("app", "users")
+	assert.Equal(t, []string{"user", "users"}, ns)
+	assert.False(t, all)
+	ns, all = rules.TableWide("app", "unwatched")
+	assert.Empty(t, ns)
+	assert.False(t, all)
+}
+
+func TestUpdateInvalidatesOldAndNewKeys(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	ctx := context.Background()
+	_, err := s.db.Exec("INSERT INTO users VALUES (1, 'ada@x.io', 'Ada', 1)")
+	require.NoError(t, err)
+	u, loaded, err := s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	require.True(t, loaded)
+	require.Equal(t, "Ada", u.Name)
+
+	_, err = s.db.Exec("UPDATE users SET name = 'Ada L', email = 'ADA@lovelace.io' WHERE id = 1")
+	require.NoError(t, err)
+	s.fence(t)
+	assert.Positive(t, s.applied.count(s.prefix+"user:email:ada@x.io"), "old email key")
+	assert.Positive(t, s.applied.count(s.prefix+"user:email:ada@lovelace.io"), "new email key, lower-cased")
+	u, loaded, err = s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	assert.True(t, loaded, "the update bypassed the library, yet the cached copy is gone")
+	assert.Equal(t, "Ada L", u.Name)
+
+	st := s.inv.Stats()
+	assert.True(t, st.Leader)
+	assert.Positive(t, st.Transactions)
+	assert.Positive(t, st.Keys)
+}
+
+// R3: the writer commits and dies before it deletes the key, and no
+// invalidator is running at that moment. When one starts, it resumes from
+// the checkpoint and the change still reaches the cache.
+func TestR3WriterDiesBetweenCommitAndDelete(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	ctx := context.Background()
+	_, err := s.db.Exec("INSERT INTO users VALUES (3, 'c@x.io', 'v1', 1)")
+	require.NoError(t, err)
+	s.fence(t)
+	s.stop() // every invalidator is down
+
+	cmd := env.Child(ctx, "writer-dies", "DB="+s.dbName, "PREFIX="+s.prefix)
+	err = cmd.Run()
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "the writer must have died: %v", err)
+
+	u, loaded, err := s.fetchUser(ctx, 3)
+	require.NoError(t, err)
+	require.False(t, loaded)
+	require.Equal(t, "v1", u.Name, "without the invalidator the cache keeps the stale copy (R3 reproduced)")
+
+	s.inv = s.newInvalidator(t)
+	s.stop = s.run(t)
+	u, loaded, err = s.fetchUser(ctx, 3)
+	require.NoError(t, err)
+	assert.True(t, loaded)
+	assert.Equal(t, "v2", u.Name, "the restarted invalidator replayed the commit from its checkpoint")
+}
+
+// childWriterDies fills the cache with user 3, commits an update of it and
+// kills itself before it can invalidate.
+func childWriterDies(ctx context.Context, e *testenv.Env) error {
+	db, err := sql.Open("mysql", e.DSN(os.Getenv("DB")))
+	if err != nil {
+		return err
+	}
+	rdb := e.NewRedis(nil)
+	c := cache.New(rdb, &cache.Options{Prefix: os.Getenv("PREFIX")})
+	if _, err := cache.Fetch(ctx, c, userKey(os.Getenv("PREFIX"), 3), func(ctx context.Context) (user, error) { return loadUser(ctx, db, 3) }); err != nil {
+		return err
+	}
+	if _, err := db.ExecContext(ctx, "UPDATE users SET name = 'v2', version = 2 WHERE id = 3"); err != nil {
+		return err
+	}
+	return syscall.Kill(os.Getpid(), syscall.SIGKILL)
+}
+
+// R5: the binlog event of a commit can reach the invalidator before the
+// commit is visible to every reader. A reader that starts after the
+// invalidation but still sees the old row (here: a snapshot taken before
+// the commit) would fill the old value. A tombstone window refuses that fill.
+func TestR5FillOfInvisibleRowRefusedByTombstone(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		tombstone time.Duration
+		wantStale bool
+	}{
+		{"without tombstone the stale fill lands", 0, true},
+		{"tombstone refuses the stale fill", 300 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newStack(t, stackOptions{cache: &cache.Options{TombstoneTTL: tc.tombstone}})
+			ctx := context.Background()
+			_, err := s.db.Exec("INSERT INTO users VALUES (5, 'e@x.io', 'v1', 1)")
+			require.NoError(t, err)
+			s.fence(t)
+
+			// A reader whose view of the row predates the commit.
+			conn, err := s.db.Conn(ctx)
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = conn.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+			require.NoError(t, err)
+			var name string
+			require.NoError(t, conn.QueryRowContext(ctx, "SELECT name FROM users WHERE id = 5").Scan(&name))
+			require.Equal(t, "v1", name)
+
+			before := s.applied.count(userKey(s.prefix, 5))
+			_, err = s.db.Exec("UPDATE users SET name = 'v2', version = 2 WHERE id = 5")
+			require.NoError(t, err)
+			for s.applied.count(userKey(s.prefix, 5)) == before {
+				s.fence(t)
+			}
+
+			// The fill after the invalidation reads the invisible (old) row.
+			u, err := cache.Fetch(ctx, s.cache, userKey(s.prefix, 5), func(ctx context.Context) (user, error) {
+				u := user{ID: 5}
+				err := conn.QueryRowContext(ctx, "SELECT email, name, version FROM users WHERE id = 5").Scan(&u.Email, &u.Name, &u.Version)
+				return u, err
+			})
+			require.NoError(t, err)
+			require.Equal(t, "v1", u.Name)
+			_, _ = conn.ExecContext(ctx, "COMMIT")
+
+			u, loaded, err := s.fetchUser(ctx, 5)
+			require.NoError(t, err)
+			if tc.wantStale {
+				assert.False(t, loaded)
+				assert.Equal(t, "v1", u.Name, "the stale fill landed: R5 reproduced")
+				return
+			}
+			assert.True(t, loaded, "the stale fill was refused")
+			assert.Equal(t, "v2", u.Name)
+			time.Sleep(tc.tombstone) // let the window pass: fills work again
+			_, _, err = s.fetchUser(ctx, 5)
+			require.NoError(t, err)
+			u, loaded, err = s.fetchUser(ctx, 5)
+			require.NoError(t, err)
+			assert.False(t, loaded, "after the window the value is cached again")
+			assert.Equal(t, "v2", u.Name)
+		})
+	}
+}
+
+// R8: TRUNCATE removes every row without a row event; the table's namespace
+// generation is bumped, so every cached key of it reads as a miss.
+func TestR8TruncateFlushesTheTable(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	ctx := context.Background()
+	for id := 1; id <= 20; id++ {
+		_, err := s.db.Exec("INSERT INTO users VALUES (?, ?, 'n', 1)", id, "u"+strconv.Itoa(id)+"@x.io")
+		require.NoError(t, err)
+	}
+	for id := uint64(1); id <= 20; id++ {
+		_, _, err := s.fetchUser(ctx, id)
+		require.NoError(t, err)
+	}
+	_, err := s.db.Exec("TRUNCATE TABLE users")
+	require.NoError(t, err)
+	s.fence(t)
+	for id := uint64(1); id <= 20; id++ {
+		_, loaded, err := s.fetchUser(ctx, id)
+		assert.ErrorIs(t, err, cache.ErrNotFound, "id %d", id)
+		assert.True(t, loaded, "id %d must not be served from the cache after TRUNCATE", id)
+	}
+}
+
+// R9: "not found" is cached; then the row is inserted. The insert event
+// clears the not-found entry.
+func TestR9InsertClearsCachedNotFound(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	ctx := context.Background()
+	_, loaded, err := s.fetchUser(ctx, 9)
+	require.ErrorIs(t, err, cache.ErrNotFound)
+	require.True(t, loaded)
+	_, loaded, err = s.fetchUser(ctx, 9)
+	require.ErrorIs(t, err, cache.ErrNotFound)
+	require.False(t, loaded, "not found is cached")
+
+	_, err = s.db.Exec("INSERT INTO users VALUES (9, 'i@x.io', 'new', 1)")
+	require.NoError(t, err)
+	s.fence(t)
+	u, loaded, err := s.fetchUser(ctx, 9)
+	require.NoError(t, err)
+	assert.True(t, loaded)
+	assert.Equal(t, "new", u.Name)
+}

@@ -1,0 +1,186 @@
+package invalidate
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cacheaside/cacheaside/binlog"
+)
+
+// Rule maps one table to the cache keys that hold copies of its rows.
+type Rule struct {
+	// Schema is the database of the table; "" matches the table in any database.
+	Schema string
+	// Table is the table name.
+	Table string
+	// Keys are key templates such as "user:{id}" or "user:email:{email|lower}":
+	// literal text and placeholders naming a column, with an optional format
+	// after '|' (lower, upper for text; unix, unixms, rfc3339, date for times).
+	// Integers print in decimal (unsigned as unsigned), DECIMAL as the server
+	// prints it, times in UTC RFC 3339. "{{" and "}}" are literal braces.
+	Keys []string
+	// Func returns more keys for a row change; it sees both images. Optional.
+	Func func(row binlog.Row) []string
+	// Namespaces are the cache namespaces (the key text before the first ':')
+	// that Func's keys live in, bumped on a table-wide change. Templates add
+	// their own. A rule with a Func and no Namespaces makes a table-wide change
+	// of its table flush the whole cache.
+	Namespaces []string
+}
+
+// Rules is a validated set of Rule values, looked up by table.
+type Rules struct {
+	byTable map[string][]*compiled // key: table name
+}
+
+type compiled struct {
+	Rule
+	templates  []*template
+	namespaces []string
+	flushAll   bool // a table-wide change cannot be scoped to namespaces
+}
+
+// NewRules parses the templates of every rule. It fails on a rule without a
+// table, without keys, or with a malformed template.
+func NewRules(rules ...Rule) (*Rules, error) {
+	rs := &Rules{byTable: map[string][]*compiled{}}
+	for i, r := range rules {
+		if r.Table == "" {
+			return nil, fmt.Errorf("invalidate: rule %d: no Table", i)
+		}
+		if len(r.Keys) == 0 && r.Func == nil {
+			return nil, fmt.Errorf("invalidate: rule for %s: no Keys and no Func", r.Table)
+		}
+		c := &compiled{Rule: r}
+		for _, src := range r.Keys {
+			t, err := parseTemplate(src)
+			if err != nil {
+				return nil, err
+			}
+			c.templates = append(c.templates, t)
+			if ns := t.namespace(); ns != "" {
+				c.namespaces = append(c.namespaces, ns)
+			} else {
+				c.flushAll = true
+			}
+		}
+		c.namespaces = append(c.namespaces, r.Namespaces...)
+		if r.Func != nil && len(r.Namespaces) == 0 {
+			c.flushAll = true
+		}
+		slices.Sort(c.namespaces)
+		c.namespaces = slices.Compact(c.namespaces)
+		rs.byTable[r.Table] = append(rs.byTable[r.Table], c)
+	}
+	return rs, nil
+}
+
+func (rs *Rules) match(schema, table string) []*compiled {
+	var out []*compiled
+	for _, c := range rs.byTable[table] {
+		if c.Schema == "" || c.Schema == schema {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Keys returns the cache keys a row change touches: the keys built from the
+// before image and from the after image, so a changed email invalidates the
+// old key and the new one. Duplicates are removed.
+func (rs *Rules) Keys(row binlog.Row) ([]string, error) {
+	var keys []string
+	for _, c := range rs.match(row.Schema, row.Table) {
+		for _, t := range c.templates {
+			for _, img := range []map[string]any{row.Before, row.After} {
+				if img == nil {
+					continue
+				}
+				k, ok, err := t.expand(img)
+				if err != nil {
+					return nil, err
+				}
+				if ok {
+					keys = append(keys, k)
+				}
+			}
+		}
+		if c.Func != nil {
+			keys = append(keys, c.Func(row)...)
+		}
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys), nil
+}
+
+// TableWide returns what a change to a whole table invalidates: the
+// namespaces of the table's keys, or all=true when some of its keys cannot
+// be scoped to a namespace. A table without rules invalidates nothing.
+func (rs *Rules) TableWide(schema, table string) (namespaces []string, all bool) {
+	for _, c := range rs.match(schema, table) {
+		all = all || c.flushAll
+		namespaces = append(namespaces, c.namespaces...)
+	}
+	slices.Sort(namespaces)
+	return slices.Compact(namespaces), all
+}
+
+// Watches reports whether any rule names the table.
+func (rs *Rules) Watches(schema, table string) bool { return len(rs.match(schema, table)) > 0 }
+
+// Check verifies against the live schema that every table with a rule
+// exists and has every column its templates name. db's default database is
+// used for rules without a Schema. Run it at start: a template naming a
+// column the table lacks would otherwise never produce its key.
+func (rs *Rules) Check(ctx context.Context, db *sql.DB) error {
+	var errs []error
+	for table, cs := range rs.byTable {
+		for _, c := range cs {
+			cols, err := tableColumns(ctx, db, c.Schema, table)
+			if err != nil {
+				return err
+			}
+			if len(cols) == 0 {
+				errs = append(errs, fmt.Errorf("invalidate: rule for %s: table not found", qualified(c.Schema, table)))
+				continue
+			}
+			for _, t := range c.templates {
+				for _, col := range t.columns() {
+					if !cols[col] {
+						errs = append(errs, fmt.Errorf("invalidate: template %q: table %s has no column %q",
+							t.src, qualified(c.Schema, table), col))
+					}
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func qualified(schema, table string) string {
+	if schema == "" {
+		return table
+	}
+	return schema + "." + table
+}
+
+func tableColumns(ctx context.Context, db *sql.DB, schema, table string) (map[string]bool, error) {
+	q := "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ?"
+	rows, err := db.QueryContext(ctx, q, schema, table)
+	if err != nil {
+		return nil, fmt.Errorf("invalidate: read columns of %s: %w", qualified(schema, table), err)
+	}
+	defer rows.Close()
+	cols := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, err
+		}
+		cols[name] = true
+	}
+	return cols, rows.Err()
+}

@@ -1,0 +1,197 @@
+package invalidate
+
+import (
+	"fmt"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A template is a key pattern such as "user:{id}" or "user:email:{email|lower}":
+// literal text with placeholders that name a column and, after a '|', an
+// optional format. "{{" and "}}" stand for literal braces.
+type template struct {
+	src   string
+	parts []part
+}
+
+// part is either literal text (column == "") or a placeholder.
+type part struct {
+	literal string
+	column  string
+	format  string
+}
+
+// formats lists the placeholder formats; the empty format is the default.
+var formats = map[string]bool{
+	"": true, "lower": true, "upper": true, "unix": true, "unixms": true, "rfc3339": true, "date": true,
+}
+
+// parseTemplate parses a key template and rejects empty placeholders,
+// unbalanced braces and unknown formats.
+func parseTemplate(src string) (*template, error) {
+	t := &template{src: src}
+	var lit strings.Builder
+	flush := func() {
+		if lit.Len() > 0 {
+			t.parts = append(t.parts, part{literal: lit.String()})
+			lit.Reset()
+		}
+	}
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case c == '{' && i+1 < len(src) && src[i+1] == '{':
+			lit.WriteByte('{')
+			i++
+		case c == '}' && i+1 < len(src) && src[i+1] == '}':
+			lit.WriteByte('}')
+			i++
+		case c == '{':
+			end := strings.IndexByte(src[i+1:], '}')
+			if end < 0 {
+				return nil, fmt.Errorf("invalidate: template %q: unclosed '{' at %d", src, i)
+			}
+			body := src[i+1 : i+1+end]
+			col, format, _ := strings.Cut(body, "|")
+			col, format = strings.TrimSpace(col), strings.TrimSpace(format)
+			if col == "" || strings.ContainsAny(col, "{") {
+				return nil, fmt.Errorf("invalidate: template %q: empty or bad placeholder {%s}", src, body)
+			}
+			if !formats[format] {
+				return nil, fmt.Errorf("invalidate: template %q: unknown format %q (use lower, upper, unix, unixms, rfc3339 or date)", src, format)
+			}
+			flush()
+			t.parts = append(t.parts, part{column: col, format: format})
+			i += end + 1
+		case c == '}':
+			return nil, fmt.Errorf("invalidate: template %q: unmatched '}' at %d (write '}}' for a literal brace)", src, i)
+		default:
+			lit.WriteByte(c)
+		}
+	}
+	flush()
+	if len(t.columns()) == 0 {
+		return nil, fmt.Errorf("invalidate: template %q names no column", src)
+	}
+	return t, nil
+}
+
+// columns returns the columns the template names, in order.
+func (t *template) columns() []string {
+	var cols []string
+	for _, p := range t.parts {
+		if p.column != "" {
+			cols = append(cols, p.column)
+		}
+	}
+	return cols
+}
+
+// namespace returns the cache namespace of every key the template builds:
+// the text before the first ':' when that text is literal, else "".
+func (t *template) namespace() string {
+	if len(t.parts) == 0 || t.parts[0].column != "" {
+		return ""
+	}
+	ns, _, ok := strings.Cut(t.parts[0].literal, ":")
+	if !ok {
+		return ""
+	}
+	return ns
+}
+
+// expand builds the key for one row image. ok is false when the image lacks
+// a named column or holds NULL there: no key can refer to such a row.
+func (t *template) expand(image map[string]any) (key string, ok bool, err error) {
+	var b strings.Builder
+	for _, p := range t.parts {
+		if p.column == "" {
+			b.WriteString(p.literal)
+			continue
+		}
+		v, present := image[p.column]
+		if !present || v == nil {
+			return "", false, nil
+		}
+		s, err := formatValue(v, p.format)
+		if err != nil {
+			return "", false, fmt.Errorf("invalidate: template %q, column %s: %w", t.src, p.column, err)
+		}
+		b.WriteString(s)
+	}
+	return b.String(), true, nil
+}
+
+// formatValue renders a column value the way repository code usually prints
+// it: integers in decimal (unsigned stay unsigned), decimals as the server
+// prints them, text as is, times in UTC.
+func formatValue(v any, format string) (string, error) {
+	var s string
+	switch x := v.(type) {
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	case int64:
+		s = strconv.FormatInt(x, 10)
+	case int:
+		s = strconv.Itoa(x)
+	case int32:
+		s = strconv.FormatInt(int64(x), 10)
+	case int16:
+		s = strconv.FormatInt(int64(x), 10)
+	case int8:
+		s = strconv.FormatInt(int64(x), 10)
+	case uint64:
+		s = strconv.FormatUint(x, 10)
+	case uint32:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint16:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint8:
+		s = strconv.FormatUint(uint64(x), 10)
+	case uint:
+		s = strconv.FormatUint(uint64(x), 10)
+	case float64:
+		s = strconv.FormatFloat(x, 'f', -1, 64)
+	case float32:
+		s = strconv.FormatFloat(float64(x), 'f', -1, 32)
+	case bool:
+		s = strconv.FormatBool(x)
+	case *big.Int:
+		s = x.String()
+	case time.Time:
+		return formatTime(x.UTC(), format)
+	case fmt.Stringer:
+		s = x.String()
+	default:
+		return "", fmt.Errorf("cannot format a %T in a key", v)
+	}
+	switch format {
+	case "":
+		return s, nil
+	case "lower":
+		return strings.ToLower(s), nil
+	case "upper":
+		return strings.ToUpper(s), nil
+	default:
+		return "", fmt.Errorf("format %q applies to times, not %T", format, v)
+	}
+}
+
+func formatTime(t time.Time, format string) (string, error) {
+	switch format {
+	case "unix":
+		return strconv.FormatInt(t.Unix(), 10), nil
+	case "unixms":
+		return strconv.FormatInt(t.UnixMilli(), 10), nil
+	case "date":
+		return t.Format(time.DateOnly), nil
+	case "", "rfc3339":
+		return t.Format(time.RFC3339Nano), nil
+	default:
+		return "", fmt.Errorf("format %q applies to text, not times", format)
+	}
+}
