@@ -56,6 +56,11 @@ type Options struct {
 	// RetryMin and RetryMax bound the backoff between retries of a failed
 	// invalidation, which is retried for as long as it takes. Default: 10ms, 1s.
 	RetryMin, RetryMax time.Duration
+	// DelayedInvalidation, when positive, invalidates every key once more
+	// this long after its first invalidation, for fills that read a row
+	// before its change became visible and outlived a tombstone window
+	// (race R5). Default: 0 (off).
+	DelayedInvalidation time.Duration
 	// OnApplied, when set, is called after Redis acknowledged a batch, with
 	// every transaction in it. It must not block. Default: none.
 	OnApplied func(Applied)
@@ -261,7 +266,7 @@ func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *w
 	var (
 		pending   binlog.Position // last acknowledged transaction boundary not yet saved
 		lastSaved = time.Now()
-		batch     []*work
+		later     []delayed // second invalidations, in due order
 	)
 	defer func() {
 		if !pending.IsZero() {
@@ -272,45 +277,50 @@ func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *w
 			_ = inv.opts.Checkpoints.Save(sctx, epoch, pending)
 		}
 	}()
+	tick := time.NewTicker(inv.opts.CheckpointInterval)
+	defer tick.Stop()
 	for {
-		batch = batch[:0]
-		var w *work
-		var ok bool
+		var due <-chan time.Time
+		var timer *time.Timer
+		if len(later) > 0 {
+			timer = time.NewTimer(time.Until(later[0].at))
+			due = timer.C
+		}
+		var batch []*work
+		var fire bool
 		select {
-		case w, ok = <-queue:
-		case <-time.After(inv.opts.CheckpointInterval):
-			if !pending.IsZero() {
-				if err := inv.save(ctx, epoch, pending); err != nil {
-					return err
-				}
-				pending, lastSaved = binlog.Position{}, time.Now()
+		case w, ok := <-queue:
+			if !ok {
+				return nil
+			}
+			batch = inv.collect(w, queue)
+		case <-tick.C:
+		case <-due:
+			fire = true
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if fire {
+			keys := later[0].keys
+			later = later[1:]
+			if err := inv.retry(ctx, "delayed invalidation", func() error { return inv.target.Invalidate(ctx, keys...) }); err != nil {
+				return nil // ctx ended
 			}
 			continue
 		}
-		if !ok {
-			return nil
-		}
-		batch = append(batch, w)
-		nkeys := len(w.keys)
-	fill:
-		for nkeys < inv.opts.MaxBatchKeys {
-			select {
-			case w, ok = <-queue:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, w)
-				nkeys += len(w.keys)
-			default:
-				break fill
+		if len(batch) > 0 {
+			keys, err := inv.invalidate(ctx, batch)
+			if err != nil {
+				return nil // ctx ended
 			}
-		}
-		if err := inv.invalidate(ctx, batch); err != nil {
-			return nil // ctx ended
-		}
-		for _, w := range batch {
-			if !w.tx.More {
-				pending = w.tx.Pos
+			if d := inv.opts.DelayedInvalidation; d > 0 && len(keys) > 0 {
+				later = append(later, delayed{at: time.Now().Add(d), keys: keys})
+			}
+			for _, w := range batch {
+				if !w.tx.More {
+					pending = w.tx.Pos
+				}
 			}
 		}
 		if !pending.IsZero() && time.Since(lastSaved) >= inv.opts.CheckpointInterval {
@@ -322,8 +332,35 @@ func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *w
 	}
 }
 
-// invalidate applies one batch, retrying until Redis acknowledges all of it.
-func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) error {
+// delayed is a second invalidation of keys, due at a time.
+type delayed struct {
+	at   time.Time
+	keys []string
+}
+
+// collect takes w and whatever else is already queued, up to MaxBatchKeys
+// keys, so that a burst of transactions shares one Redis round trip.
+func (inv *Invalidator) collect(w *work, queue <-chan *work) []*work {
+	batch := []*work{w}
+	n := len(w.keys)
+	for n < inv.opts.MaxBatchKeys {
+		select {
+		case w, ok := <-queue:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, w)
+			n += len(w.keys)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// invalidate applies one batch, retrying until Redis acknowledges all of
+// it, and returns the keys it invalidated.
+func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) ([]string, error) {
 	var keys, adds, namespaces []string
 	all := false
 	for _, w := range batch {
@@ -343,18 +380,20 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) error {
 				return err
 			}
 		}
-		if len(keys) > 0 {
-			if err := inv.target.Invalidate(ctx, keys...); err != nil {
+		// The filter learns of new keys before their not-found entries go, so
+		// that no reader sees "absent" from the filter after the invalidation.
+		if inv.opts.Filter != nil && len(adds) > 0 {
+			if err := inv.opts.Filter.Add(ctx, adds...); err != nil {
 				return err
 			}
 		}
-		if inv.opts.Filter != nil && len(adds) > 0 {
-			return inv.opts.Filter.Add(ctx, adds...)
+		if len(keys) > 0 {
+			return inv.target.Invalidate(ctx, keys...)
 		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	now := time.Now()
 	for _, w := range batch {
@@ -365,7 +404,7 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) error {
 	}
 	inv.stats.batches.Add(1)
 	inv.stats.keys.Add(uint64(len(keys)))
-	return nil
+	return keys, nil
 }
 
 // save writes the checkpoint, retrying Redis errors. A newer leader's

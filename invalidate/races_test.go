@@ -142,13 +142,18 @@ func TestR5FillOfInvisibleRowRefusedByTombstone(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		tombstone time.Duration
+		delayed   time.Duration
 		wantStale bool
 	}{
-		{"without tombstone the stale fill lands", 0, true},
-		{"tombstone refuses the stale fill", 300 * time.Millisecond, false},
+		{"without tombstone the stale fill lands", 0, 0, true},
+		{"tombstone refuses the stale fill", 300 * time.Millisecond, 0, false},
+		{"delayed invalidation removes the stale fill", 0, 300 * time.Millisecond, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newStack(t, stackOptions{cache: &cache.Options{TombstoneTTL: tc.tombstone}})
+			s := newStack(t, stackOptions{
+				cache: &cache.Options{TombstoneTTL: tc.tombstone},
+				inv:   &invalidate.Options{DelayedInvalidation: tc.delayed},
+			})
 			ctx := context.Background()
 			_, err := s.db.Exec("INSERT INTO users VALUES (5, 'e@x.io', 'v1', 1)")
 			require.NoError(t, err)
@@ -186,6 +191,12 @@ func TestR5FillOfInvisibleRowRefusedByTombstone(t *testing.T) {
 			if tc.wantStale {
 				assert.False(t, loaded)
 				assert.Equal(t, "v1", u.Name, "the stale fill landed: R5 reproduced")
+				if tc.delayed > 0 {
+					assert.Eventually(t, func() bool {
+						u, _, err := s.fetchUser(ctx, 5)
+						return err == nil && u.Name == "v2"
+					}, 10*tc.delayed, 10*time.Millisecond, "the delayed second invalidation removes the stale copy")
+				}
 				return
 			}
 			assert.True(t, loaded, "the stale fill was refused")
@@ -243,4 +254,38 @@ func TestR9InsertClearsCachedNotFound(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, loaded)
 	assert.Equal(t, "new", u.Name)
+}
+
+// A binlog purged past the checkpoint loses changes: the invalidator flushes
+// the whole cache in O(1) (a global generation bump), says so, and goes on
+// from the server's current position.
+func TestLostPositionFlushesTheWholeCache(t *testing.T) {
+	mysqlSrv, _ := env.Faults(t)
+	s := newStack(t, stackOptions{})
+	ctx := context.Background()
+	_, err := s.db.Exec("INSERT INTO users VALUES (1, 'a@x.io', 'v1', 1)")
+	require.NoError(t, err)
+	s.fence(t)
+	_, _, err = s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	other, err := cache.Fetch(ctx, s.cache, s.prefix+"other", func(context.Context) (string, error) { return "cached", nil })
+	require.NoError(t, err)
+	require.Equal(t, "cached", other)
+	s.stop()
+
+	_, err = s.db.Exec("UPDATE users SET name = 'v2' WHERE id = 1") // never seen by the invalidator
+	require.NoError(t, err)
+	require.NoError(t, mysqlSrv.PurgeBinaryLogs(ctx))
+
+	s.inv = s.newInvalidator(t)
+	s.stop = s.run(t)
+	assert.Equal(t, uint64(1), s.inv.Stats().Flushes)
+	u, loaded, err := s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	assert.True(t, loaded)
+	assert.Equal(t, "v2", u.Name, "the lost change is not served stale")
+	loadedOther := false
+	_, err = cache.Fetch(ctx, s.cache, s.prefix+"other", func(context.Context) (string, error) { loadedOther = true; return "reloaded", nil })
+	require.NoError(t, err)
+	assert.True(t, loadedOther, "every key of the cache reads as a miss")
 }

@@ -269,10 +269,35 @@ func PurgeBinaryLogs(ctx context.Context, db *sql.DB) error {
 	if err != nil || file == "" {
 		return fmt.Errorf("testenv: show master status: %v (is log_bin on?)", err)
 	}
-	if _, err := conn.ExecContext(ctx, "PURGE BINARY LOGS TO '"+file+"'"); err != nil {
-		return fmt.Errorf("testenv: purge binary logs: %w", err)
+	// MariaDB keeps a file until InnoDB has made its transactions durable, a
+	// moment after the rotation, and then silently purges less: repeat until
+	// only the current file is left.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := conn.ExecContext(ctx, "PURGE BINARY LOGS TO '"+file+"'"); err != nil {
+			return fmt.Errorf("testenv: purge binary logs: %w", err)
+		}
+		var n int
+		rows, err := conn.QueryContext(ctx, "SHOW BINARY LOGS")
+		if err != nil {
+			return fmt.Errorf("testenv: show binary logs: %w", err)
+		}
+		for rows.Next() {
+			n++
+		}
+		rows.Close()
+		if n <= 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("testenv: %d binary logs left after purging to %s", n, file)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return nil
 }
 
 // Close kills the server and removes its directory.
