@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -36,11 +34,8 @@ type MySQL struct {
 	// Port is the loopback TCP port; it stays the same across restarts.
 	Port int
 
-	bin  string
+	server
 	args []string
-
-	mu   sync.Mutex
-	proc *process
 }
 
 // StartMySQL creates a data directory and starts mariadbd on a free port with
@@ -61,7 +56,8 @@ func StartMySQL(opts *MySQLOptions) (*MySQL, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	m := &MySQL{Dir: dir, bin: bin}
+	m := &MySQL{Dir: dir}
+	m.server = server{name: "mariadbd", bin: bin, logPath: filepath.Join(dir, "mariadbd.log"), stopTimeout: 60 * time.Second, start: m.Start}
 	for attempt := 0; ; attempt++ {
 		if m.Port, err = freePort(); err != nil {
 			break
@@ -70,15 +66,13 @@ func StartMySQL(opts *MySQLOptions) (*MySQL, error) {
 		if err = m.Start(); err == nil {
 			return m, nil
 		}
-		if attempt == 2 || !strings.Contains(logTail(m.logPath(), 20), "in use") {
+		if attempt == 2 || !strings.Contains(logTail(m.server.logPath, 20), "in use") {
 			break
 		}
 	}
 	os.RemoveAll(dir)
 	return nil, err
 }
-
-func (m *MySQL) logPath() string { return filepath.Join(m.Dir, "mariadbd.log") }
 
 func (m *MySQL) defaultArgs() []string {
 	return []string{
@@ -178,54 +172,16 @@ func (m *MySQL) Config(db string) *mysql.Config {
 // Start starts the server (again) on its port with its data directory and
 // waits until it answers queries.
 func (m *MySQL) Start() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc != nil && !m.proc.exited() {
-		return errors.New("testenv: mariadbd is already running")
-	}
-	p, err := startProcess(m.bin, m.args, m.logPath())
-	if err != nil {
-		return err
-	}
-	m.proc = p
 	db, err := sql.Open("mysql", m.Config("").FormatDSN())
 	if err != nil {
 		return fmt.Errorf("testenv: %w", err)
 	}
 	defer db.Close()
-	err = waitReady(p, 60*time.Second, func() error {
+	return m.launch(m.args, m.Port, 60*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		return db.PingContext(ctx)
 	})
-	if err != nil {
-		_ = p.signal(syscall.SIGKILL, 10*time.Second)
-		return fmt.Errorf("testenv: mariadbd on port %d: %w\n%s", m.Port, err, logTail(m.logPath(), 20))
-	}
-	return nil
-}
-
-// Stop shuts the server down cleanly (SIGTERM) and waits for it to exit.
-func (m *MySQL) Stop() error { return m.stop(syscall.SIGTERM, 60*time.Second) }
-
-// Kill ends the server with SIGKILL, as a crash would, and waits for it to exit.
-func (m *MySQL) Kill() error { return m.stop(syscall.SIGKILL, 10*time.Second) }
-
-// Restart stops the server cleanly and starts it again.
-func (m *MySQL) Restart() error {
-	if err := m.Stop(); err != nil {
-		return err
-	}
-	return m.Start()
-}
-
-func (m *MySQL) stop(sig syscall.Signal, timeout time.Duration) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc == nil {
-		return nil
-	}
-	return m.proc.signal(sig, timeout)
 }
 
 // PurgeBinaryLogs rotates to a new binary log file and deletes every older

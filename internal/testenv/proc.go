@@ -139,3 +139,66 @@ func waitReady(p *process, timeout time.Duration, ready func() error) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// server is the process side of a throwaway server, shared by MySQL and
+// Redis: one process at a time, started again on the same port and data.
+type server struct {
+	name        string // "mariadbd" or "redis-server", for messages
+	bin         string
+	logPath     string
+	stopTimeout time.Duration
+	start       func() error // the owner's Start, for Restart
+
+	mu   sync.Mutex
+	proc *process
+}
+
+// launch starts the process with args and waits until ready succeeds; on
+// failure it kills the process and reports the end of its log.
+func (s *server) launch(args []string, port int, timeout time.Duration, ready func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil && !s.proc.exited() {
+		return fmt.Errorf("testenv: %s is already running", s.name)
+	}
+	p, err := startProcess(s.bin, args, s.logPath)
+	if err != nil {
+		return err
+	}
+	s.proc = p
+	if err := waitReady(p, timeout, ready); err != nil {
+		_ = p.signal(syscall.SIGKILL, 10*time.Second)
+		return fmt.Errorf("testenv: %s on port %d: %w\n%s", s.name, port, err, logTail(s.logPath, 20))
+	}
+	return nil
+}
+
+// Stop shuts the server down cleanly (SIGTERM) and waits for it to exit.
+func (s *server) Stop() error { return s.signal(syscall.SIGTERM, s.stopTimeout) }
+
+// Kill ends the server with SIGKILL, as a crash would, and waits for it to exit.
+func (s *server) Kill() error { return s.signal(syscall.SIGKILL, 10*time.Second) }
+
+// Restart stops the server cleanly and starts it again with its data.
+func (s *server) Restart() error {
+	if err := s.Stop(); err != nil {
+		return err
+	}
+	return s.start()
+}
+
+func (s *server) signal(sig syscall.Signal, timeout time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return nil
+	}
+	return s.proc.signal(sig, timeout)
+}
+
+// running reports whether the process is up.
+func (s *server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil && !s.proc.exited()
+}
