@@ -217,6 +217,7 @@ func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.P
 			if err != nil {
 				return err
 			}
+			inv.stats.received.Add(1) // before the send: Pending never goes negative
 			select {
 			case queue <- w:
 				return nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -288,4 +289,97 @@ func TestLostPositionFlushesTheWholeCache(t *testing.T) {
 	_, err = cache.Fetch(ctx, s.cache, s.prefix+"other", func(context.Context) (string, error) { loadedOther = true; return "reloaded", nil })
 	require.NoError(t, err)
 	assert.True(t, loadedOther, "every key of the cache reads as a miss")
+}
+
+// flakyTarget wraps the real cache and fails while failing is set, or blocks
+// while gate is closed, to act out a Redis outage and a slow Redis.
+type flakyTarget struct {
+	invalidate.Target
+	failing atomic.Bool
+	fails   atomic.Int64
+	gate    chan struct{} // nil: open
+}
+
+func (f *flakyTarget) Invalidate(ctx context.Context, keys ...string) error {
+	if f.gate != nil {
+		select {
+		case <-f.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if f.failing.Load() {
+		f.fails.Add(1)
+		return errors.New("injected: redis unavailable")
+	}
+	return f.Target.Invalidate(ctx, keys...)
+}
+
+// While Redis refuses invalidations the invalidator retries without limit,
+// the checkpoint stays behind the unacknowledged transactions, and nothing
+// is dropped once Redis answers again.
+func TestRetriesUntilAcknowledgedAndCheckpointWaits(t *testing.T) {
+	s := newStack(t, stackOptions{inv: &invalidate.Options{RetryMin: time.Millisecond, RetryMax: 20 * time.Millisecond, CheckpointInterval: time.Millisecond}})
+	ctx := context.Background()
+	s.stop()
+	flaky := &flakyTarget{Target: s.cache}
+	s.inv = invalidate.New(newStream(t, env), flaky, s.rdb, s.rules, &s.invOpts)
+	s.stop = s.run(t)
+
+	cp := binlog.NewRedisCheckpoints(s.rdb, s.prefix+"checkpoint")
+	before, err := cp.Load(ctx)
+	require.NoError(t, err)
+	flaky.failing.Store(true)
+	for id := 1; id <= 50; id++ {
+		_, err := s.db.Exec("INSERT INTO users VALUES (?, ?, 'n', 1)", id, "u"+strconv.Itoa(id)+"@x.io")
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return flaky.fails.Load() >= 5 }, 10*time.Second, time.Millisecond)
+	during, err := cp.Load(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, before, during, "the checkpoint must not pass unacknowledged transactions")
+
+	flaky.failing.Store(false)
+	s.fence(t)
+	for id := uint64(1); id <= 50; id++ {
+		assert.Positive(t, s.applied.count(userKey(s.prefix, id)), "id %d", id)
+	}
+	assert.GreaterOrEqual(t, s.inv.Stats().Retries, uint64(5))
+	require.Eventually(t, func() bool {
+		after, err := cp.Load(ctx)
+		return err == nil && after != before
+	}, 5*time.Second, time.Millisecond, "the checkpoint moves once Redis acknowledges")
+}
+
+// A slow Redis holds the binlog stream back (backpressure) instead of
+// letting transactions pile up or be dropped: with a queue of 4, while
+// invalidations are blocked no more than the queue and one batch are taken.
+func TestBackpressureBlocksTheStream(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	s.stop()
+	gated := &flakyTarget{Target: s.cache, gate: make(chan struct{})}
+	opts := s.invOpts
+	opts.Queue = 4
+	opts.MaxBatchKeys = 1
+	opts.OnApplied = func(a invalidate.Applied) { s.applied.record(a) }
+	s.invOpts = opts
+	s.inv = invalidate.New(newStream(t, env), gated, s.rdb, s.rules, &s.invOpts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.inv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	require.Eventually(t, func() bool { return s.inv.Stats().Leader }, 15*time.Second, 5*time.Millisecond)
+
+	for id := 1; id <= 40; id++ {
+		_, err := s.db.Exec("INSERT INTO users VALUES (?, ?, 'n', 1)", id, "u"+strconv.Itoa(id)+"@x.io")
+		require.NoError(t, err)
+	}
+	time.Sleep(300 * time.Millisecond) // give the stream every chance to run ahead
+	assert.Zero(t, s.inv.Stats().Transactions, "nothing is acknowledged while Redis is blocked")
+	assert.LessOrEqual(t, s.inv.Stats().Pending, 6, "the stream waits once the queue is full")
+	close(gated.gate)
+	s.fence(t)
+	for id := uint64(1); id <= 40; id++ {
+		assert.Positive(t, s.applied.count(userKey(s.prefix, id)), "id %d", id)
+	}
 }

@@ -20,6 +20,12 @@ type Stats struct {
 	Batches, Retries uint64
 	// Flushes counts whole-cache flushes after a lost binlog position.
 	Flushes uint64
+	// Pending is the number of transactions taken from the binlog whose
+	// invalidations Redis has not acknowledged yet; it stays within
+	// Options.Queue plus one batch, because the stream waits (backpressure).
+	Pending int
+	// TransactionsPerSecond and KeysPerSecond are the averages since Since.
+	TransactionsPerSecond, KeysPerSecond float64
 	// Position is the last checkpoint saved.
 	Position binlog.Position
 	// LagP50 and LagP99 are percentiles of the time from a transaction's commit
@@ -35,7 +41,7 @@ type Stats struct {
 const lagWindow = 4096
 
 type stats struct {
-	transactions, rows, keys, batches, retries, flushes atomic.Uint64
+	transactions, rows, keys, batches, retries, flushes, received atomic.Uint64
 
 	mu       sync.Mutex
 	leader   bool
@@ -78,6 +84,11 @@ func (inv *Invalidator) Stats() Stats {
 		Transactions: s.transactions.Load(), Rows: s.rows.Load(), Keys: s.keys.Load(),
 		Batches: s.batches.Load(), Retries: s.retries.Load(), Flushes: s.flushes.Load(),
 		Since: s.since,
+	}
+	out.Pending = int(int64(s.received.Load()) - int64(out.Transactions))
+	if secs := time.Since(s.since).Seconds(); secs > 0 {
+		out.TransactionsPerSecond = float64(out.Transactions) / secs
+		out.KeysPerSecond = float64(out.Keys) / secs
 	}
 	s.mu.Lock()
 	out.Leader, out.Epoch, out.Position = s.leader, s.epoch, s.position
