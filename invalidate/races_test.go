@@ -327,8 +327,13 @@ func TestRetriesUntilAcknowledgedAndCheckpointWaits(t *testing.T) {
 	s.stop = s.run(t)
 
 	cp := binlog.NewRedisCheckpoints(s.rdb, s.prefix+"checkpoint")
-	before, err := cp.Load(ctx)
+	now, err := newStream(t, env).CurrentPosition(ctx)
 	require.NoError(t, err)
+	var before binlog.Position
+	require.Eventually(t, func() bool {
+		before, err = cp.Load(ctx)
+		return err == nil && before == now
+	}, 5*time.Second, time.Millisecond, "the checkpoint reaches the last transaction")
 	flaky.failing.Store(true)
 	for id := 1; id <= 50; id++ {
 		_, err := s.db.Exec("INSERT INTO users VALUES (?, ?, 'n', 1)", id, "u"+strconv.Itoa(id)+"@x.io")
