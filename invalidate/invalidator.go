@@ -213,10 +213,7 @@ func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.P
 	g.Go(func() error {
 		defer close(queue)
 		return inv.stream.Run(gctx, from, binlog.HandlerFunc(func(ctx context.Context, tx *binlog.Tx) error {
-			w, err := inv.plan(tx)
-			if err != nil {
-				return err
-			}
+			w := inv.plan(tx)
 			inv.stats.received.Add(1) // before the send: Pending never goes negative
 			select {
 			case queue <- w:
@@ -235,13 +232,23 @@ func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.P
 }
 
 // plan turns a transaction into the keys and namespaces to invalidate.
-func (inv *Invalidator) plan(tx *binlog.Tx) (*work, error) {
+func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 	w := &work{tx: tx, received: time.Now()}
+	tableWide := func(schema, table string) {
+		ns, all := inv.rules.TableWide(schema, table)
+		w.namespaces = append(w.namespaces, ns...)
+		w.all = w.all || all
+	}
 	for i := range tx.Rows {
 		row := &tx.Rows[i]
 		keys, err := inv.rules.Keys(*row)
 		if err != nil {
-			return nil, err
+			// A value no template can print must not stop the stream, nor be
+			// skipped: invalidate the whole table instead.
+			inv.opts.Logger.Error("invalidate: cannot build keys; invalidating the whole table",
+				"schema", row.Schema, "table", row.Table, "err", err)
+			tableWide(row.Schema, row.Table)
+			continue
 		}
 		w.keys = append(w.keys, keys...)
 		if row.Op == binlog.Insert || row.Op == binlog.Update {
@@ -249,15 +256,10 @@ func (inv *Invalidator) plan(tx *binlog.Tx) (*work, error) {
 		}
 	}
 	for _, ch := range tx.Changes {
-		if ch.Table == "" {
-			continue
-		}
-		ns, all := inv.rules.TableWide(ch.Schema, ch.Table)
-		w.namespaces = append(w.namespaces, ns...)
-		w.all = w.all || all
+		tableWide(ch.Schema, ch.Table)
 	}
 	inv.stats.rows.Add(uint64(len(tx.Rows)))
-	return w, nil
+	return w
 }
 
 // apply drains the queue in batches: each batch is invalidated with

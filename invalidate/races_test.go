@@ -60,6 +60,12 @@ func TestRowKeysFromBothImages(t *testing.T) {
 	ns, all = rules.TableWide("app", "unwatched")
 	assert.Empty(t, ns)
 	assert.False(t, all)
+	ns, _ = rules.TableWide("app", "")
+	assert.Equal(t, []string{"user", "users"}, ns, "a change to the whole schema")
+	ns, _ = rules.TableWide("other", "")
+	assert.Equal(t, []string{"users"}, ns, "only the rule without a Schema matches another schema")
+	ns, _ = rules.TableWide("", "")
+	assert.Equal(t, []string{"user", "users"}, ns, "a change to the whole server")
 }
 
 func TestUpdateInvalidatesOldAndNewKeys(t *testing.T) {
@@ -387,4 +393,31 @@ func TestBackpressureBlocksTheStream(t *testing.T) {
 	for id := uint64(1); id <= 40; id++ {
 		assert.Positive(t, s.applied.count(userKey(s.prefix, id)), "id %d", id)
 	}
+}
+
+// A row value a template cannot print (here a text column under a time
+// format) neither stops the invalidator nor is skipped: the whole table's
+// namespaces are invalidated instead.
+func TestUnprintableValueInvalidatesTheTable(t *testing.T) {
+	s := newStack(t, stackOptions{rules: func(db, prefix string) []invalidate.Rule {
+		return append(usersRules(db, prefix), invalidate.Rule{Schema: db, Table: "users", Keys: []string{prefix + "bad:{email|unix}"}})
+	}})
+	ctx := context.Background()
+	_, err := s.db.Exec("INSERT INTO users VALUES (1, 'a@x.io', 'v1', 1)")
+	require.NoError(t, err)
+	s.fence(t)
+	_, _, err = s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	_, loaded, err := s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	require.False(t, loaded)
+
+	_, err = s.db.Exec("UPDATE users SET name = 'v2' WHERE id = 1")
+	require.NoError(t, err)
+	s.fence(t)
+	u, loaded, err := s.fetchUser(ctx, 1)
+	require.NoError(t, err)
+	assert.True(t, loaded)
+	assert.Equal(t, "v2", u.Name)
+	assert.True(t, s.inv.Stats().Leader, "the invalidator is still running")
 }

@@ -119,8 +119,23 @@ func (rs *Rules) Keys(row binlog.Row) ([]string, error) {
 // TableWide returns what a change to a whole table invalidates: the
 // namespaces of the table's keys, or all=true when some of its keys cannot
 // be scoped to a namespace. A table without rules invalidates nothing.
+// An empty table stands for every table of the schema (DROP DATABASE, a
+// statement the binlog could not map to one table), and an empty schema
+// as well for every schema.
 func (rs *Rules) TableWide(schema, table string) (namespaces []string, all bool) {
-	for _, c := range rs.match(schema, table) {
+	var cs []*compiled
+	if table != "" {
+		cs = rs.match(schema, table)
+	} else {
+		for _, list := range rs.byTable {
+			for _, c := range list {
+				if schema == "" || c.Schema == "" || c.Schema == schema {
+					cs = append(cs, c)
+				}
+			}
+		}
+	}
+	for _, c := range cs {
 		all = all || c.flushAll
 		namespaces = append(namespaces, c.namespaces...)
 	}
