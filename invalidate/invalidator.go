@@ -29,6 +29,12 @@ type Adder interface {
 	Add(ctx context.Context, keys ...string) error
 }
 
+// Forgetter is a filter that can be deleted, to fail open: *bloom.Filter
+// implements it.
+type Forgetter interface {
+	Delete(ctx context.Context) error
+}
+
 // Options configures an Invalidator. A nil *Options means the defaults.
 type Options struct {
 	// Checkpoints stores the position reached. Default: a Redis checkpoint
@@ -43,7 +49,12 @@ type Options struct {
 	// about this long. Default: 5s.
 	LeaderTTL time.Duration
 	// Filter, when set, is told the keys of every inserted row (a Bloom
-	// filter of existing keys). Default: none.
+	// filter of existing keys) before their not-found entries are removed.
+	// When it is also a Forgetter (bloom.Filter is), a change that may have
+	// inserted rows whose keys are unknown (a table-wide change other than
+	// TRUNCATE and DROP, a row no template can print, a lost binlog
+	// position) deletes it: it then answers "may contain" until it is warmed
+	// again, so call its Warm periodically. Default: none.
 	Filter Adder
 	// CheckpointInterval is the most time between checkpoint saves while
 	// transactions flow. Default: 100ms.
@@ -148,6 +159,7 @@ type work struct {
 	adds       []string // keys of inserted rows, for the filter
 	namespaces []string
 	all        bool
+	forget     bool // rows may have been inserted whose keys are unknown
 	received   time.Time
 }
 
@@ -167,7 +179,7 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 			return nil
 		}
 		if err := inv.save(ctx, epoch, pos); err != nil {
-			return err
+			return inv.deposed(ctx, epoch, err)
 		}
 	}
 	inv.stats.setLeader(epoch)
@@ -176,11 +188,7 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 	for {
 		err := inv.consume(ctx, epoch, pos)
 		if errors.Is(err, ErrDeposed) {
-			// A newer leader saved a checkpoint, so this one's lock is gone; the
-			// election notices within its TTL and cancels ctx, then campaigns again.
-			inv.opts.Logger.Warn("invalidate: deposed by a newer leader", "epoch", epoch)
-			<-ctx.Done()
-			return nil
+			return inv.deposed(ctx, epoch, err)
 		}
 		if !errors.Is(err, binlog.ErrPositionLost) || ctx.Err() != nil {
 			return err
@@ -195,15 +203,46 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 		if err := inv.retry(ctx, "read current position", func() (err error) { now, err = inv.stream.CurrentPosition(ctx); return err }); err != nil {
 			return nil
 		}
-		if err := inv.retry(ctx, "flush cache", func() error { return inv.target.InvalidateAll(ctx) }); err != nil {
+		if err := inv.retry(ctx, "flush cache", func() error {
+			if err := inv.forgetFilter(ctx); err != nil {
+				return err
+			}
+			return inv.target.InvalidateAll(ctx)
+		}); err != nil {
 			return nil
 		}
 		inv.stats.flushes.Add(1)
 		if err := inv.save(ctx, epoch, now); err != nil {
-			return err
+			return inv.deposed(ctx, epoch, err)
 		}
 		pos = now
 	}
+}
+
+// deposed handles an error from a checkpoint save during leadership: when a
+// newer leader has saved, this one's lock is gone; the election notices
+// within its TTL and cancels ctx, and then campaigns again. Returning the
+// error instead would make Run give up for good.
+func (inv *Invalidator) deposed(ctx context.Context, epoch uint64, err error) error {
+	if !errors.Is(err, ErrDeposed) {
+		return err
+	}
+	inv.opts.Logger.Warn("invalidate: deposed by a newer leader", "epoch", epoch)
+	<-ctx.Done()
+	return nil
+}
+
+// forgetFilter deletes the Bloom filter, when it can be deleted, because
+// rows may have been inserted whose keys it was not told: it answers "may
+// contain" until it is warmed again, never a false "not found".
+func (inv *Invalidator) forgetFilter(ctx context.Context) error {
+	f, ok := inv.opts.Filter.(Forgetter)
+	if !ok {
+		return nil
+	}
+	inv.opts.Logger.Warn("invalidate: inserts the filter cannot be told of; deleting the filter until it is warmed again")
+	inv.stats.filterResets.Add(1)
+	return f.Delete(ctx)
 }
 
 // consume runs the stream into a bounded queue and the queue into Redis.
@@ -234,10 +273,11 @@ func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.P
 // plan turns a transaction into the keys and namespaces to invalidate.
 func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 	w := &work{tx: tx, received: time.Now()}
-	tableWide := func(schema, table string) {
+	tableWide := func(schema, table string, mayInsert bool) {
 		ns, all := inv.rules.TableWide(schema, table)
 		w.namespaces = append(w.namespaces, ns...)
 		w.all = w.all || all
+		w.forget = w.forget || mayInsert && (all || len(ns) > 0)
 	}
 	for i := range tx.Rows {
 		row := &tx.Rows[i]
@@ -247,7 +287,7 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 			// skipped: invalidate the whole table instead.
 			inv.opts.Logger.Error("invalidate: cannot build keys; invalidating the whole table",
 				"schema", row.Schema, "table", row.Table, "err", err)
-			tableWide(row.Schema, row.Table)
+			tableWide(row.Schema, row.Table, row.Op != binlog.Delete)
 			continue
 		}
 		w.keys = append(w.keys, keys...)
@@ -256,7 +296,10 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 		}
 	}
 	for _, ch := range tx.Changes {
-		tableWide(ch.Schema, ch.Table)
+		// Only TRUNCATE and DROP are known to add no rows; a RENAME, an ALTER
+		// (EXCHANGE PARTITION), a CREATE ... SELECT or a statement-logged
+		// write may have inserted keys the filter does not know.
+		tableWide(ch.Schema, ch.Table, ch.Kind != binlog.Truncate && ch.Kind != binlog.Drop)
 	}
 	inv.stats.rows.Add(uint64(len(tx.Rows)))
 	return w
@@ -365,15 +408,21 @@ func (inv *Invalidator) collect(w *work, queue <-chan *work) []*work {
 // it, and returns the keys it invalidated.
 func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) ([]string, error) {
 	var keys, adds, namespaces []string
-	all := false
+	all, forget := false, false
 	for _, w := range batch {
 		keys = append(keys, w.keys...)
 		adds = append(adds, w.adds...)
 		namespaces = append(namespaces, w.namespaces...)
 		all = all || w.all
+		forget = forget || w.forget
 	}
 	inv.opts.Logger.Debug("invalidate: batch", "transactions", len(batch), "keys", len(keys), "namespaces", namespaces, "all", all)
 	err := inv.retry(ctx, "invalidate", func() error {
+		if forget {
+			if err := inv.forgetFilter(ctx); err != nil {
+				return err
+			}
+		}
 		if all {
 			if err := inv.target.InvalidateAll(ctx); err != nil {
 				return err
@@ -424,9 +473,10 @@ func (inv *Invalidator) save(ctx context.Context, epoch uint64, pos binlog.Posit
 	if errors.As(err, &stop) {
 		return fmt.Errorf("%w: %w", ErrDeposed, stop.err)
 	}
-	if err == nil {
-		inv.stats.setPosition(pos)
+	if err != nil {
+		return err // ctx ended: the caller keeps the position for its last save
 	}
+	inv.stats.setPosition(pos)
 	return nil
 }
 

@@ -20,6 +20,8 @@ type Stats struct {
 	Batches, Retries uint64
 	// Flushes counts whole-cache flushes after a lost binlog position.
 	Flushes uint64
+	// FilterResets counts deletions of the filter (see Options.Filter).
+	FilterResets uint64
 	// Pending is the number of transactions taken from the binlog whose
 	// invalidations Redis has not acknowledged yet; it stays within
 	// Options.Queue plus one batch, because the stream waits (backpressure).
@@ -41,7 +43,7 @@ type Stats struct {
 const lagWindow = 4096
 
 type stats struct {
-	transactions, rows, keys, batches, retries, flushes, received atomic.Uint64
+	transactions, rows, keys, batches, retries, flushes, received, filterResets atomic.Uint64
 
 	mu       sync.Mutex
 	leader   bool
@@ -83,7 +85,8 @@ func (inv *Invalidator) Stats() Stats {
 	out := Stats{
 		Transactions: s.transactions.Load(), Rows: s.rows.Load(), Keys: s.keys.Load(),
 		Batches: s.batches.Load(), Retries: s.retries.Load(), Flushes: s.flushes.Load(),
-		Since: s.since,
+		FilterResets: s.filterResets.Load(),
+		Since:        s.since,
 	}
 	out.Pending = int(int64(s.received.Load()) - int64(out.Transactions))
 	if secs := time.Since(s.since).Seconds(); secs > 0 {

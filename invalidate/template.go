@@ -102,8 +102,10 @@ func (t *template) namespace() string {
 	return ns
 }
 
-// expand builds the key for one row image. ok is false when the image lacks
-// a named column or holds NULL there: no key can refer to such a row.
+// expand builds the key for one row image. ok is false when the image holds
+// NULL in a named column: no key can refer to such a row. A column missing
+// from the image (a session logging partial row images) is an error, so the
+// caller invalidates more rather than a key less.
 func (t *template) expand(image map[string]any) (key string, ok bool, err error) {
 	var b strings.Builder
 	for _, p := range t.parts {
@@ -112,7 +114,10 @@ func (t *template) expand(image map[string]any) (key string, ok bool, err error)
 			continue
 		}
 		v, present := image[p.column]
-		if !present || v == nil {
+		if !present {
+			return "", false, fmt.Errorf("invalidate: template %q: the row image has no column %s (partial row image?)", t.src, p.column)
+		}
+		if v == nil {
 			return "", false, nil
 		}
 		s, err := formatValue(v, p.format)

@@ -31,7 +31,6 @@ func TestTemplateExpand(t *testing.T) {
 		{"b:{blob}:{ok}:{f}", "b:b:true:1.5", true},
 		{"{{lit}}:{id}", "{lit}:-42", true},
 		{"n:{none}", "", false},
-		{"n:{missing}", "", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.tmpl, func(t *testing.T) {
@@ -58,6 +57,8 @@ func TestTemplateErrors(t *testing.T) {
 	require.NoError(t, err)
 	_, _, err = tm.expand(map[string]any{"id": struct{}{}})
 	assert.Error(t, err)
+	_, _, err = tm.expand(map[string]any{"other": 1})
+	assert.ErrorContains(t, err, "no column id", "a partial row image is an error, not a row without a key")
 }
 
 func TestTemplateNamespace(t *testing.T) {
