@@ -52,8 +52,12 @@ func classify(schema, query string) (stmtClass, []TableChange) {
 		}
 		return stmtIgnore, nil
 	case "SAVEPOINT", "RELEASE", "GRANT", "REVOKE", "FLUSH", "ANALYZE", "OPTIMIZE", "CHECK",
-		"CHECKSUM", "SET", "USE", "DO", "INSTALL", "UNINSTALL", "SHOW", "SELECT":
+		"CHECKSUM", "SET", "USE", "INSTALL", "UNINSTALL", "SHOW":
 		return stmtIgnore, nil
+	case "SELECT", "DO":
+		// Logged only when a stored function it calls changed data, which
+		// may be in any table of any schema.
+		return stmtChange, []TableChange{{Kind: Unknown, Query: query}}
 	}
 	switch kw(0) {
 	case "DROP", "CREATE", "ALTER", "RENAME", "TRUNCATE", "REPAIR":
@@ -189,10 +193,10 @@ func (p *parser) change(kind ChangeKind, schema, table string) TableChange {
 }
 
 // unknown is the answer for a statement that may change data in ways this
-// parser does not follow: everything under the default schema, or the
-// whole server when there is none.
+// parser does not follow: the whole server, since a statement run from one
+// default database can name tables of any other.
 func (p *parser) unknown() (stmtClass, []TableChange) {
-	return stmtChange, []TableChange{p.change(Unknown, p.schema, "")}
+	return stmtChange, []TableChange{p.change(Unknown, "", "")}
 }
 
 // tableList reads name [, name ...] as changes of kind.
@@ -339,10 +343,22 @@ func (p *parser) object(verb string) (stmtClass, []TableChange) {
 	return p.unknown()
 }
 
-// alterRename finds a RENAME [TO|AS] clause in an ALTER TABLE; the new
-// name is changed too. Only the tokens read by tokenize are searched.
+// alterRename finds a RENAME [TO|AS] clause in an ALTER TABLE, and an
+// EXCHANGE PARTITION p WITH TABLE t clause, whose other table's rows change
+// too. Only the tokens read by tokenize are searched.
 func (p *parser) alterRename() []TableChange {
 	for ; p.i < len(p.toks); p.i++ {
+		if p.accept("EXCHANGE", "PARTITION") {
+			for p.i < len(p.toks) && p.peek() != "WITH" {
+				p.i++
+			}
+			if p.accept("WITH", "TABLE") {
+				if s, t, ok := p.name(); ok {
+					return []TableChange{p.change(Alter, s, t)}
+				}
+			}
+			return []TableChange{p.change(Unknown, "", "")}
+		}
 		if p.peek() != "RENAME" {
 			continue
 		}
@@ -426,7 +442,10 @@ func (p *parser) single() (stmtClass, []TableChange) {
 			return p.unknown()
 		}
 	}
-	return stmtChange, []TableChange{p.change(Unknown, s, t)}
+	// Triggers fire on the replica side of a statement-logged write and are
+	// not in the log: they may change any table of any schema, so the whole
+	// server is reported as well as the target.
+	return stmtChange, []TableChange{p.change(Unknown, s, t), p.change(Unknown, "", "")}
 }
 
 var singleEnd = map[string]bool{

@@ -53,8 +53,13 @@
 //
 //   - Changes that never reach the binary log as rows: a session that sets
 //     binlog_format=STATEMENT writes text, which arrives as an Unknown
-//     change for the table when the statement names one table plainly, and
-//     for the whole schema otherwise.
+//     change for the table it names plus one for the whole server (Schema
+//     and Table empty), since triggers the log does not show may have
+//     changed any table; a statement it cannot read, a SELECT or DO that
+//     the log kept because a function changed data, and a statement-logged
+//     LOAD DATA arrive as a change to the whole server. Changes made by
+//     foreign-key cascades are not logged at all: the consumer must derive
+//     them from the parent's rows (package invalidate does).
 //   - A transaction the log records with ROLLBACK (it changed a
 //     non-transactional table, whose changes stay) arrives as Unknown
 //     changes for the tables it touched, without rows.

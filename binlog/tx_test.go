@@ -108,3 +108,17 @@ func TestAssemblerDropsUnfinishedGroup(t *testing.T) {
 	assert.Equal(t, "b", (*got)[0].Changes[0].Table)
 	assert.Equal(t, "0-1-12", (*got)[0].Pos.GTIDSet)
 }
+
+// A statement-logged LOAD DATA comes as an Execute_load_query event, not a
+// query event: it is reported as a change to the whole server.
+func TestAssemblerLoadData(t *testing.T) {
+	a, got := newTestAssembler(t)
+	feed(t, a, gtidEv(150, 11, false), ev(200, &replication.ExecuteLoadQueryEvent{}), ev(250, &replication.XIDEvent{}))
+	require.Len(t, *got, 1)
+	assert.Equal(t, []TableChange{{Kind: Unknown, Query: "LOAD DATA"}}, (*got)[0].Changes)
+	assert.Equal(t, Position{File: "f.000001", Offset: 250, GTIDSet: "0-1-11"}, (*got)[0].Pos)
+
+	feed(t, a, gtidEv(300, 12, true), ev(350, &replication.ExecuteLoadQueryEvent{}))
+	require.Len(t, *got, 2, "a standalone LOAD DATA is its own transaction")
+	assert.Equal(t, uint32(350), (*got)[1].Pos.Offset)
+}
