@@ -10,7 +10,10 @@
 // change (TRUNCATE, DROP, RENAME, ALTER and statements the stream cannot map
 // to rows) bumps the generation of the table's key namespaces, so every key
 // of the table reads as a miss at once, with no SCAN; a lost binlog position
-// bumps the generation of the whole cache.
+// bumps the generation of the whole cache. Changes made by foreign-key
+// cascades never reach the binary log: Rules.Check learns the cascading
+// foreign keys, and a row change of the parent then bumps the watched child
+// tables the same way.
 //
 // # Guarantee
 //

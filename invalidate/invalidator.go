@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -294,6 +295,9 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 		if row.Op == binlog.Insert || row.Op == binlog.Update {
 			w.adds = append(w.adds, keys...)
 		}
+		for _, t := range inv.rules.cascaded(row.Schema, row.Table, row.Op) {
+			tableWide(t.schema, t.table, false) // cascades delete or update, never insert
+		}
 	}
 	for _, ch := range tx.Changes {
 		// Only TRUNCATE and DROP are known to add no rows; a RENAME, an ALTER
@@ -416,6 +420,8 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) ([]string
 		all = all || w.all
 		forget = forget || w.forget
 	}
+	slices.Sort(namespaces)
+	namespaces = slices.Compact(namespaces)
 	inv.opts.Logger.Debug("invalidate: batch", "transactions", len(batch), "keys", len(keys), "namespaces", namespaces, "all", all)
 	err := inv.retry(ctx, "invalidate", func() error {
 		if forget {

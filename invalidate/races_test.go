@@ -421,3 +421,69 @@ func TestUnprintableValueInvalidatesTheTable(t *testing.T) {
 	assert.Equal(t, "v2", u.Name)
 	assert.True(t, s.inv.Stats().Leader, "the invalidator is still running")
 }
+
+// R8, foreign keys: ON DELETE CASCADE removes child rows inside InnoDB and
+// the binary log holds no row for them. Check learns the foreign key, and a
+// delete of the parent invalidates the watched child table as a whole.
+func TestR8ForeignKeyCascade(t *testing.T) {
+	for _, learn := range []bool{false, true} {
+		t.Run(map[bool]string{false: "unknown foreign key leaves the child stale", true: "learnt foreign key invalidates the child"}[learn], func(t *testing.T) {
+			db, name := env.NewDatabase(t)
+			for _, q := range []string{
+				"CREATE TABLE teams (id BIGINT PRIMARY KEY)",
+				"CREATE TABLE members (id BIGINT PRIMARY KEY, team_id BIGINT NOT NULL, name VARCHAR(50), FOREIGN KEY (team_id) REFERENCES teams (id) ON DELETE CASCADE)",
+				"CREATE TABLE fence (id BIGINT PRIMARY KEY)",
+				"INSERT INTO teams VALUES (1)",
+				"INSERT INTO members VALUES (10, 1, 'm')",
+			} {
+				_, err := db.Exec(q)
+				require.NoError(t, err, q)
+			}
+			s := &stack{db: db, dbName: name, prefix: env.Prefix(t), rdb: env.RedisClient(t), applied: newAppliedLog()}
+			s.cache = cache.New(s.rdb, &cache.Options{Prefix: s.prefix})
+			t.Cleanup(func() { s.cache.Close() })
+			rules, err := invalidate.NewRules(
+				invalidate.Rule{Schema: name, Table: "members", Keys: []string{s.prefix + "member:{id}"}},
+				invalidate.Rule{Schema: name, Table: "fence", Keys: []string{s.prefix + "fence:{id}"}},
+			)
+			require.NoError(t, err)
+			if learn {
+				require.NoError(t, rules.Check(context.Background(), db))
+			}
+			s.rules = rules
+			s.invOpts = invalidate.Options{LeaderKey: s.prefix + "leader", LeaderTTL: time.Second,
+				Checkpoints: binlog.NewRedisCheckpoints(s.rdb, s.prefix+"checkpoint"), OnApplied: s.applied.record}
+			s.inv = s.newInvalidator(t)
+			s.stop = s.run(t)
+
+			ctx := context.Background()
+			loads := 0
+			member := func() (string, error) {
+				return cache.Fetch(ctx, s.cache, s.prefix+"member:10", func(ctx context.Context) (string, error) {
+					loads++
+					var n string
+					err := db.QueryRowContext(ctx, "SELECT name FROM members WHERE id = 10").Scan(&n)
+					if errors.Is(err, sql.ErrNoRows) {
+						return "", cache.ErrNotFound
+					}
+					return n, err
+				})
+			}
+			v, err := member()
+			require.NoError(t, err)
+			require.Equal(t, "m", v)
+
+			_, err = db.Exec("DELETE FROM teams WHERE id = 1") // cascades to members 10
+			require.NoError(t, err)
+			s.fence(t)
+			v, err = member()
+			if !learn {
+				require.NoError(t, err)
+				assert.Equal(t, "m", v, "the cascaded delete is not in the binlog: stale (R8 reproduced)")
+				return
+			}
+			assert.ErrorIs(t, err, cache.ErrNotFound)
+			assert.Equal(t, 2, loads, "the cached member was invalidated")
+		})
+	}
+}

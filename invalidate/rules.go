@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"github.com/cacheaside/cacheaside/binlog"
 )
@@ -34,6 +35,17 @@ type Rule struct {
 // Rules is a validated set of Rule values, looked up by table.
 type Rules struct {
 	byTable map[string][]*compiled // key: table name
+
+	// cascades maps a table to the watched tables that its row changes can
+	// change through foreign keys, learnt by Check (MySQL does not log them).
+	cascades atomic.Pointer[map[tableOp][]tableName]
+}
+
+type tableName struct{ schema, table string }
+
+type tableOp struct {
+	tableName
+	op binlog.Op
 }
 
 type compiled struct {
@@ -150,7 +162,16 @@ func (rs *Rules) Watches(schema, table string) bool { return len(rs.match(schema
 // exists and has every column its templates name. db's default database is
 // used for rules without a Schema. Run it at start: a template naming a
 // column the table lacks would otherwise never produce its key.
+//
+// Check also learns the foreign keys whose ON DELETE or ON UPDATE CASCADE
+// or SET NULL can change a watched table. The binary log holds no rows for
+// such cascaded changes (race R8), so a change to the parent table then
+// invalidates the watched table as a whole. Run Check again after such a
+// foreign key is added.
 func (rs *Rules) Check(ctx context.Context, db *sql.DB) error {
+	if err := rs.learnCascades(ctx, db); err != nil {
+		return err
+	}
 	var errs []error
 	for table, cs := range rs.byTable {
 		for _, c := range cs {
@@ -198,4 +219,72 @@ func tableColumns(ctx context.Context, db *sql.DB, schema, table string) (map[st
 		cols[name] = true
 	}
 	return cols, rows.Err()
+}
+
+// cascaded returns the watched tables that a row change of op on a table
+// can change through foreign-key cascades, as learnt by Check.
+func (rs *Rules) cascaded(schema, table string, op binlog.Op) []tableName {
+	m := rs.cascades.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[tableOp{tableName{schema, table}, op}]
+}
+
+// learnCascades reads every foreign key with a cascading action and keeps,
+// for each parent table and operation, the watched tables reached through
+// any chain of them.
+func (rs *Rules) learnCascades(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `SELECT CONSTRAINT_SCHEMA, TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA,
+		REFERENCED_TABLE_NAME, UPDATE_RULE, DELETE_RULE FROM information_schema.REFERENTIAL_CONSTRAINTS`)
+	if err != nil {
+		return fmt.Errorf("invalidate: read foreign keys: %w", err)
+	}
+	defer rows.Close()
+	type edge struct {
+		child tableName
+		op    binlog.Op // what the child row undergoes
+	}
+	edges := map[tableOp][]edge{}
+	for rows.Next() {
+		var child, parent tableName
+		var onUpdate, onDelete string
+		if err := rows.Scan(&child.schema, &child.table, &parent.schema, &parent.table, &onUpdate, &onDelete); err != nil {
+			return fmt.Errorf("invalidate: read foreign keys: %w", err)
+		}
+		switch onDelete {
+		case "CASCADE":
+			edges[tableOp{parent, binlog.Delete}] = append(edges[tableOp{parent, binlog.Delete}], edge{child, binlog.Delete})
+		case "SET NULL", "SET DEFAULT":
+			edges[tableOp{parent, binlog.Delete}] = append(edges[tableOp{parent, binlog.Delete}], edge{child, binlog.Update})
+		}
+		if onUpdate == "CASCADE" || onUpdate == "SET NULL" || onUpdate == "SET DEFAULT" {
+			edges[tableOp{parent, binlog.Update}] = append(edges[tableOp{parent, binlog.Update}], edge{child, binlog.Update})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("invalidate: read foreign keys: %w", err)
+	}
+	out := map[tableOp][]tableName{}
+	for start := range edges {
+		seen := map[tableOp]bool{start: true}
+		queue := []tableOp{start}
+		for len(queue) > 0 {
+			cur := queue[0]
+			queue = queue[1:]
+			for _, e := range edges[cur] {
+				next := tableOp{e.child, e.op}
+				if seen[next] {
+					continue
+				}
+				seen[next] = true
+				queue = append(queue, next)
+				if rs.Watches(e.child.schema, e.child.table) && !slices.Contains(out[start], e.child) {
+					out[start] = append(out[start], e.child)
+				}
+			}
+		}
+	}
+	rs.cascades.Store(&out)
+	return nil
 }
