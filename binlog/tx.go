@@ -3,6 +3,7 @@ package binlog
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -234,6 +235,13 @@ func (a *assembler) query(ctx context.Context, h *replication.EventHeader, e *re
 				a.changes = append(a.changes, c)
 			}
 		}
+		if opensTransaction(string(e.Query)) {
+			// MySQL 8.0.21+ logs CREATE TABLE ... SELECT as a DDL ending in
+			// START TRANSACTION, then the rows and an XID, all under one GTID:
+			// ending the transaction here would checkpoint past its rows.
+			a.inTx = true
+			return nil
+		}
 	}
 	if a.inTx {
 		return nil
@@ -298,4 +306,12 @@ func (a *assembler) commit(ctx context.Context, h *replication.EventHeader) erro
 
 func eventTime(h *replication.EventHeader) time.Time {
 	return time.Unix(int64(h.Timestamp), 0).UTC()
+}
+
+// opensTransaction reports whether a logged DDL statement ends with START
+// TRANSACTION, so that the rows after it belong to it.
+func opensTransaction(q string) bool {
+	q = strings.TrimRight(q, " \t\r\n;")
+	const tail = "START TRANSACTION"
+	return len(q) >= len(tail) && strings.EqualFold(q[len(q)-len(tail):], tail)
 }

@@ -122,3 +122,16 @@ func TestAssemblerLoadData(t *testing.T) {
 	require.Len(t, *got, 2, "a standalone LOAD DATA is its own transaction")
 	assert.Equal(t, uint32(350), (*got)[1].Pos.Offset)
 }
+
+// MySQL 8.0.21+ logs CREATE TABLE ... SELECT as one GTID: a DDL ending in
+// START TRANSACTION, then rows, then an XID. It must arrive as one
+// transaction, with the position after the XID.
+func TestAssemblerCreateSelectAtomic(t *testing.T) {
+	a, got := newTestAssembler(t)
+	feed(t, a, gtidEv(150, 11, true), query(200, "CREATE TABLE g (id INT) START TRANSACTION"))
+	assert.Empty(t, *got, "the DDL does not end the transaction")
+	feed(t, a, ev(300, &replication.XIDEvent{}))
+	require.Len(t, *got, 1)
+	assert.Equal(t, "g", (*got)[0].Changes[0].Table)
+	assert.Equal(t, uint32(300), (*got)[0].Pos.Offset)
+}

@@ -71,7 +71,8 @@ type Options struct {
 	// DelayedInvalidation, when positive, invalidates every key once more
 	// this long after its first invalidation, for fills that read a row
 	// before its change became visible and outlived a tombstone window
-	// (race R5). Default: 0 (off).
+	// (race R5). They are held in memory: those still pending when this
+	// instance stops leading are not carried over. Default: 0 (off).
 	DelayedInvalidation time.Duration
 	// OnApplied, when set, is called after Redis acknowledged a batch, with
 	// every transaction in it. It must not block. Default: none.
@@ -248,6 +249,8 @@ func (inv *Invalidator) forgetFilter(ctx context.Context) error {
 
 // consume runs the stream into a bounded queue and the queue into Redis.
 func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.Position) error {
+	// Work queued by an earlier run was dropped with it and will be read again.
+	inv.stats.received.Store(inv.stats.transactions.Load())
 	g, gctx := errgroup.WithContext(ctx)
 	queue := make(chan *work, inv.opts.Queue)
 	g.Go(func() error {
