@@ -120,6 +120,9 @@ func commitToAck(b *testing.B, rate int) {
 	b.ReportMetric(float64(fromAnswer[n/2].Microseconds()), "p50-commit-µs")
 	b.ReportMetric(float64(fromAnswer[n*99/100].Microseconds()), "p99-commit-µs")
 	b.ReportMetric(float64(n)/elapsed.Seconds(), "commits/s")
+	st := s.inv.Stats() // receipt from the binlog to Redis's acknowledgement
+	b.ReportMetric(float64(st.ApplyP50.Microseconds()), "p50-apply-µs")
+	b.ReportMetric(float64(st.ApplyP99.Microseconds()), "p99-apply-µs")
 }
 
 // BenchmarkRawRedisDel is one DEL round trip: the floor of any invalidation.
