@@ -16,7 +16,9 @@ type BatchLoaderFunc[T any] func(ctx context.Context, keys []string) (map[string
 // leases for the missing keys in one pipeline, one loader call for all of
 // them, and the fills in one pipeline. Keys that another process is loading
 // are waited for after that; those it does not deliver within
-// Options.LeaseWait are loaded by a second loader call, without filling.
+// Options.LeaseWait, or fill with bytes that do not decode into T, are
+// loaded by a second loader call, without filling. Leases and fills are
+// completed even if ctx ends, so that none is left to hold others back.
 //
 // The result holds the keys that exist; keys that do not are absent from
 // it and get not-found entries. FetchMany does not share loads in-process
@@ -28,7 +30,8 @@ func FetchMany[T any](ctx context.Context, c *Cache, keys []string, load BatchLo
 	if keys = b.gate(ctx, keys); len(keys) == 0 {
 		return out, nil
 	}
-	if !c.breaker.allow() {
+	ok, probe := c.breaker.allow()
+	if !ok {
 		return out, b.degraded(ctx, keys)
 	}
 	gs := make([]*generation, len(keys))
@@ -37,6 +40,7 @@ func FetchMany[T any](ctx context.Context, c *Cache, keys []string, load BatchLo
 	}
 	vals, err := c.mget(ctx, keys, gs)
 	c.redisResult(ctx, err)
+	c.breaker.endProbe(probe)
 	switch {
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
@@ -52,6 +56,7 @@ func FetchMany[T any](ctx context.Context, c *Cache, keys []string, load BatchLo
 	if err := b.loadAndFill(ctx); err != nil {
 		return nil, err
 	}
+	b.noFill = nil // loaded; await collects the keys it adds
 	if len(b.wait) > 0 {
 		if err := b.await(ctx); err != nil {
 			return nil, err
@@ -140,19 +145,26 @@ func (b *batch[T]) sort(key string, g *generation, e entry, first bool) {
 		b.seen = make(map[string]struct{})
 	}
 	b.seen[key] = struct{}{}
-	switch e.st {
-	case stTombstone, stForeign:
-		b.noFill = append(b.noFill, key)
-	case stLease:
+	switch {
+	case e.st == stLease:
 		b.wait = append(b.wait, pending{key: key, g: g})
+	case e.st == stTombstone || e.st == stForeign || !first:
+		// A second look that finds no usable value (the key changed under
+		// us, or another process filled bytes this T does not decode) loads
+		// without filling rather than chase the key.
+		b.noFill = append(b.noFill, key)
 	default:
 		b.lease = append(b.lease, pending{key: key, g: g, seen: e.raw})
 	}
 }
 
-// acquire takes the leases of b.lease in one pipeline.
+// acquire takes the leases of b.lease in one pipeline. It runs to the end
+// even if ctx ends, bounded by LeaseTTL: leases installed by a pipeline cut
+// short would hold other processes back until they expire.
 func (b *batch[T]) acquire(ctx context.Context) {
 	c := b.c
+	ctx, cancel := c.detach(ctx)
+	defer cancel()
 	now := nowMs()
 	leases := make([][]byte, len(b.lease))
 	for i := range b.lease {
@@ -164,7 +176,7 @@ func (b *batch[T]) acquire(ctx context.Context) {
 		}
 	}
 	cmds, err := runPipelined(ctx, c.rdb, leaseScript, len(b.lease), func(i int) (string, []any) {
-		return b.lease[i].key, []any{b.lease[i].seen, leases[i], c.cfg.LeaseTTL.Milliseconds()}
+		return b.lease[i].key, []any{b.lease[i].seen, leases[i], c.cfg.LeaseTTL.Milliseconds(), "0"}
 	})
 	c.redisResult(ctx, err)
 	for i, p := range b.lease {
@@ -219,9 +231,12 @@ func (b *batch[T]) loadAndFill(ctx context.Context) error {
 	return nil
 }
 
-// fill stores the loaded values (or not-found entries) of the owned keys.
+// fill stores the loaded values (or not-found entries) of the owned keys,
+// even if ctx has ended, so that the leases do not outlive the load.
 func (b *batch[T]) fill(ctx context.Context, m map[string]T, dur time.Duration) {
 	c := b.c
+	ctx, cancel := c.detach(ctx)
+	defer cancel()
 	entries := make([][]byte, len(b.owned))
 	ttls := make([]int64, len(b.owned))
 	for i, p := range b.owned {
@@ -264,7 +279,7 @@ func (b *batch[T]) fill(ctx context.Context, m map[string]T, dur time.Duration) 
 // giveBack deletes the owned leases after a failed load, so that waiting
 // processes retry at once instead of after LeaseWait.
 func (b *batch[T]) giveBack(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.c.cfg.LeaseTTL)
+	ctx, cancel := b.c.detach(ctx)
 	defer cancel()
 	_, err := runPipelined(ctx, b.c.rdb, fillScript, len(b.owned), func(i int) (string, []any) {
 		return b.owned[i].key, []any{b.owned[i].prefix, []byte{}, 1}
@@ -314,6 +329,7 @@ func (b *batch[T]) await(ctx context.Context) error {
 	for _, p := range b.wait {
 		rest = append(rest, p.key)
 	}
+	rest = append(rest, b.noFill...) // filled with bytes that do not decode
 	if len(rest) == 0 {
 		return nil
 	}

@@ -135,3 +135,79 @@ func TestFetchManyInvalidatedDuringLoad(t *testing.T) {
 	assert.Equal(t, "absent", f.kind(k1), "the fill was refused (R1)")
 	assert.Equal(t, uint64(1), c.Stats().FillsRefused)
 }
+
+// A key that another process fills with bytes this T does not decode (a
+// value of another type or format version) is loaded, not dropped: first
+// while FetchMany waits for that process's lease, then between its read and
+// its lease.
+func TestFetchManyLoadsKeyFilledWithAnotherType(t *testing.T) {
+	other := func(context.Context) (string, error) { return "not a user", nil }
+
+	t.Run("await", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := context.Background()
+		holder, batcher := f.cache(nil), f.cache(nil)
+		k1 := f.key("user", 1)
+		bl := &batchLoader{f: f, ids: map[string]int64{k1: 1}}
+		leased, resume, filled := make(chan struct{}), make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		cache.SetHookLeaseWaited(batcher, func(string) {
+			once.Do(func() { close(resume); <-filled })
+		})
+		go func() {
+			defer close(filled)
+			_, err := cache.Fetch(ctx, holder, k1, func(ctx context.Context) (string, error) {
+				close(leased)
+				<-resume
+				return other(ctx)
+			})
+			assert.NoError(t, err)
+		}()
+		<-leased // holder has k1's lease
+		m, err := cache.FetchMany(ctx, batcher, []string{k1}, bl.load)
+		require.NoError(t, err)
+		assert.Equal(t, map[string]user{k1: {1, "ann"}}, m)
+		assert.Equal(t, [][]string{{k1}}, bl.calls)
+		assert.Equal(t, uint64(1), batcher.Stats().Corrupt)
+	})
+
+	t.Run("acquire", func(t *testing.T) {
+		f := newFixture(t)
+		ctx := context.Background()
+		holder := f.cache(nil)
+		k1, k2 := f.key("user", 1), f.key("user", 2)
+		h := &scriptHook{before: func() { // between the MGET and the leases
+			_, err := cache.Fetch(ctx, holder, k1, other)
+			assert.NoError(t, err)
+		}}
+		batcher := f.cacheOn(hooked(t, h), nil)
+		bl := &batchLoader{f: f, ids: map[string]int64{k1: 1, k2: 2}}
+		h.armed.Store(true)
+		m, err := cache.FetchMany(ctx, batcher, []string{k1, k2}, bl.load)
+		require.NoError(t, err)
+		assert.Equal(t, map[string]user{k1: {1, "ann"}, k2: {2, "bob"}}, m)
+		require.Len(t, bl.calls, 1)
+		assert.Equal(t, sorted([]string{k1, k2}), sorted(bl.calls[0]))
+		assert.Equal(t, "value", f.kind(k2))
+		u, err := cache.Fetch(ctx, batcher, k2, mustNotLoad(t))
+		require.NoError(t, err)
+		assert.Equal(t, "bob", u.Name, "k2 was filled")
+	})
+}
+
+// FetchMany's leases and fills complete even if the caller's ctx ends
+// while it loads, so no lease is left to hold other processes back.
+func TestFetchManyCancelledDuringLoadLeavesNoLease(t *testing.T) {
+	f := newFixture(t)
+	c := f.cache(nil)
+	k1 := f.key("user", 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m, err := cache.FetchMany(ctx, c, []string{k1}, func(context.Context, []string) (map[string]user, error) {
+		cancel() // the caller leaves; the loader still answers
+		return map[string]user{k1: {1, "ann"}}, nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "ann", m[k1].Name)
+	assert.Equal(t, "value", f.kind(k1), "filled, not left leased")
+}

@@ -21,24 +21,42 @@ type breaker struct {
 	log       *slog.Logger
 
 	fails     atomic.Int64
-	openUntil atomic.Int64 // Unix ns; 0 = closed
-	probing   atomic.Bool
+	openUntil atomic.Int64  // Unix ns; 0 = closed
+	probe     atomic.Uint64 // the probe under way while half-open; 0 = none
+	probes    atomic.Uint64 // numbers the probes
 }
 
 func (b *breaker) init(threshold int, cooldown time.Duration, log *slog.Logger) {
 	b.threshold, b.cooldown, b.log = int64(threshold), cooldown, log
 }
 
-// allow reports whether a call may use Redis now.
-func (b *breaker) allow() bool {
+// allow reports whether a call may use Redis now. While half-open it lets
+// one call through, the probe, and returns its nonzero token: the call
+// passes it to endProbe after its first Redis request, and until then
+// every other call is refused.
+func (b *breaker) allow() (ok bool, probe uint64) {
 	until := b.openUntil.Load()
 	if until == 0 {
-		return true
+		return true, 0
 	}
-	if time.Now().UnixNano() < until {
-		return false
+	if time.Now().UnixNano() < until || b.probe.Load() != 0 {
+		return false, 0
 	}
-	return b.probing.CompareAndSwap(false, true)
+	tok := b.probes.Add(1)
+	if !b.probe.CompareAndSwap(0, tok) {
+		return false, 0
+	}
+	return true, tok
+}
+
+// endProbe ends the probe whose token is probe, if success or failure has
+// not already: its caller gave up before Redis answered, so another call
+// may probe. Calls that are not the probe (a zero token, or a probe that
+// has been replaced) change nothing.
+func (b *breaker) endProbe(probe uint64) {
+	if probe != 0 {
+		b.probe.CompareAndSwap(probe, 0)
+	}
 }
 
 // open reports whether the breaker is open or half-open.
@@ -50,7 +68,7 @@ func (b *breaker) success() {
 		b.fails.Store(0)
 	}
 	if b.openUntil.Load() != 0 && b.openUntil.Swap(0) != 0 {
-		b.probing.Store(false)
+		b.probe.Store(0)
 		b.log.Info("cache: Redis answers again; circuit breaker closed")
 	}
 }
@@ -58,16 +76,13 @@ func (b *breaker) success() {
 // failure records a call that Redis did not answer.
 func (b *breaker) failure(err error) {
 	n := b.fails.Add(1)
-	if b.probing.Load() || (n >= b.threshold && b.openUntil.Load() == 0) {
+	if b.probe.Load() != 0 || (n >= b.threshold && b.openUntil.Load() == 0) {
 		b.openUntil.Store(time.Now().Add(b.cooldown).UnixNano())
-		b.probing.Store(false)
+		b.probe.Store(0)
 		b.log.Warn("cache: Redis unavailable; circuit breaker open, reads go to the loader",
 			"failures", n, "cooldown", b.cooldown, "err", err)
 	}
 }
-
-// abandon records a call whose caller gave up before Redis answered.
-func (b *breaker) abandon() { b.probing.Store(false) }
 
 // unavailable reports whether err means Redis could not serve the call, as
 // opposed to an answer (even an error answer such as WRONGTYPE).
@@ -95,7 +110,8 @@ func (c *Cache) redisResult(ctx context.Context, err error) {
 	case err == nil || err == redis.Nil:
 		c.breaker.success()
 	case ctx.Err() != nil:
-		c.breaker.abandon()
+		// The caller gave up: no verdict on Redis. A probe's caller ends
+		// its probe (endProbe); nobody else may.
 	case unavailable(err):
 		c.stats.errors.Add(1)
 		c.breaker.failure(err)

@@ -83,7 +83,8 @@ type Options struct {
 	LeaseWait time.Duration
 	// LeasePoll is the longest pause between two reads of a key held by
 	// another process's lease; pauses start at an eighth of it, double, and
-	// are jittered over their upper half.
+	// are jittered over their upper half. Values below 100µs mean 100µs, so
+	// waiters never spin on Redis.
 	// Default: 2ms.
 	LeasePoll time.Duration
 	// LoadTimeout bounds one loader call. Default: LeaseTTL.
@@ -214,6 +215,7 @@ func newConfig(opts *Options) config {
 	def(&o.LeaseTTL, 3*time.Second)
 	def(&o.LeaseWait, o.LeaseTTL)
 	def(&o.LeasePoll, 2*time.Millisecond)
+	o.LeasePoll = max(o.LeasePoll, minLeasePoll)
 	def(&o.LoadTimeout, o.LeaseTTL)
 	def(&o.WriteTimeout, 10*time.Second)
 	def(&o.GenerationRefresh, time.Second)

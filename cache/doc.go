@@ -44,11 +44,17 @@
 //     filling. A tombstone makes it load without filling.
 //  7. With Options.EarlyRefresh, a hit close to expiry may start a
 //     background reload (XFetch) under a refresh lease that carries the
-//     current value, so other readers keep being served.
+//     current value, so other readers keep being served. The refresh lease
+//     replaces only the very bytes the hit read: if an invalidation deleted
+//     them meanwhile, the reload goes on as a miss (step 4) and the old value
+//     is neither served nor put back after a failed load.
 //
 // FetchMany does the same for many keys with one MGET (a pipeline of GETs
 // on a ClusterClient or Ring), one pipeline of leases, one loader call for
-// all missing keys and one pipeline of fills.
+// all missing keys and one pipeline of fills. Its leases and fills run to
+// the end even if the caller's context ends (bounded by Options.LeaseTTL),
+// so it leaves no lease behind. A key that changes under it (to bytes that
+// do not decode, say) is loaded without filling.
 //
 // # How a write invalidates
 //
@@ -56,8 +62,8 @@
 //     in one pipeline; a deleted or overwritten lease refuses its fill.
 //     It then bumps the keys' in-process epochs, so Fetch calls that start
 //     later never join a flight that began before.
-//  2. Write invalidates, runs fn, invalidates again (even if fn failed), and
-//     optionally once more after Options.DelayedInvalidation.
+//  2. Write invalidates, runs fn, invalidates again (even if fn failed or
+//     panicked), and optionally once more after Options.DelayedInvalidation.
 //  3. WriteStrong (or Options.Strong) sets tombstones living
 //     Options.WriteTimeout before fn: until the invalidation after fn, every
 //     reader loads from the source and nobody fills, so a read issued after
@@ -82,7 +88,9 @@
 // # Degradation
 //
 // Redis errors feed a circuit breaker (Options.BreakerThreshold,
-// Options.BreakerCooldown). While it is open, and on any Redis error, Fetch
+// Options.BreakerCooldown). After the cooldown one read probes Redis; a
+// read whose caller gives up frees the probe only if it was the probe.
+// While it is open, and on any Redis error, Fetch
 // returns the loader's value without error, still one load per key per
 // process, at most Options.MaxDegradedLoads at a time. Bytes that do not
 // decode (another writer, another format version, another Redis type) are a

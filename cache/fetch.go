@@ -29,13 +29,15 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 		c.stats.filterRejects.Add(1)
 		return zero, ErrNotFound
 	}
-	if !c.breaker.allow() {
+	ok, probe := c.breaker.allow()
+	if !ok {
 		return fetchDegraded(ctx, c, key, load)
 	}
 	g := c.gens.of(namespace(key))
 	start := time.Now()
 	raw, present, err := c.get(ctx, key, g, start)
 	c.redisResult(ctx, err)
+	c.breaker.endProbe(probe)
 	var e entry
 	switch {
 	case err == nil:

@@ -81,7 +81,10 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 	deadline := time.Now().Add(c.cfg.LeaseWait)
 	bo := backoff{max: c.cfg.LeasePoll}
 	waited := false
-	f.before(nil)
+	// The basis stays as the caller left it until a request below replaces
+	// it: e may come from refresh's lease attempt, whose result predates
+	// now, and a later stamp would let callers that started after that
+	// attempt (after an invalidation from another process) take e's value.
 	for {
 		switch e.st {
 		case stValue, stRefresh:
@@ -129,7 +132,7 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 		stamp := header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: nowMs()}
 		lease := encodeEntry(stamp, newToken())
 		f.before(lease)
-		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, c.cfg.LeaseTTL)
+		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, c.cfg.LeaseTTL, false)
 		c.redisResult(ctx, err)
 		switch {
 		case err != nil:
@@ -143,6 +146,16 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 
 // refresh reloads a current value early (XFetch). Its refresh lease carries
 // the value, so readers keep being served while it loads.
+//
+// The lease goes in only over the very bytes the hit read (strict mode). An
+// absent key means an invalidation deleted the value since that read:
+//
+//  1. A hit reads v1 and decides to refresh.
+//  2. Another process commits v2 and invalidates: the key is deleted.
+//  3. A refresh lease installed now would carry v1, serve it to every
+//     reader, and a failed load would put v1 back for its TTL.
+//
+// So refresh then goes on as a miss: a plain lease, no value served.
 func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
 	c := f.c
 	now := nowMs()
@@ -156,7 +169,7 @@ func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
 		ttl = max(ttl, time.Duration(exp-now)*time.Millisecond)
 	}
 	f.before(prefix)
-	ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl)
+	ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl, true)
 	c.redisResult(ctx, err)
 	switch {
 	case err != nil:

@@ -46,11 +46,18 @@ func newToken() []byte {
 
 // acquire installs lease at key if the key is absent or holds seen (nil:
 // the caller saw it absent). When it does not, it returns what the key holds.
-func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl time.Duration) (ok bool, cur []byte, present bool, err error) {
+// strict installs the lease only over exactly seen, never into an absent key:
+// a refresh lease carries the value seen, which an invalidation that deleted
+// the key since must not bring back.
+func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl time.Duration, strict bool) (ok bool, cur []byte, present bool, err error) {
 	if seen == nil {
 		seen = []byte{}
 	}
-	res, err := leaseScript.Run(ctx, c.rdb, []string{key}, seen, lease, ttl.Milliseconds()).Result()
+	mode := "0"
+	if strict {
+		mode = "1"
+	}
+	res, err := leaseScript.Run(ctx, c.rdb, []string{key}, seen, lease, ttl.Milliseconds(), mode).Result()
 	if err != nil {
 		return false, nil, false, err
 	}
@@ -61,6 +68,13 @@ func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl
 		return false, []byte(v), true, nil
 	}
 	return false, nil, false, fmt.Errorf("cache: lease script returned %T", res)
+}
+
+// detach returns a context for a lease or fill request that must be
+// completed even if the caller has left (a lease left behind holds other
+// processes back until it expires), bounded by LeaseTTL.
+func (c *Cache) detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LeaseTTL)
 }
 
 // fill stores entry at key with ttl if the key still holds the lease whose
@@ -101,14 +115,19 @@ func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Scrip
 	return cmds, first
 }
 
+// minLeasePoll is the floor of Options.LeasePoll and of every poll's pause
+// cap, so that waiters never spin on Redis.
+const minLeasePoll = 100 * time.Microsecond
+
 // backoff yields growing, jittered pauses for polling another's lease.
 type backoff struct {
 	cur, max time.Duration
 }
 
 func (b *backoff) next() time.Duration {
+	b.max = max(b.max, minLeasePoll)
 	if b.cur == 0 {
-		b.cur = max(b.max/8, 100*time.Microsecond)
+		b.cur = max(b.max/8, minLeasePoll)
 	} else {
 		b.cur = min(2*b.cur, b.max)
 	}

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"testing"
@@ -89,7 +90,9 @@ func TestValidate(t *testing.T) {
 
 func TestBreaker(t *testing.T) {
 	var b breaker
-	b.init(3, 300*time.Millisecond, slog.New(slog.DiscardHandler))
+	const cooldown = 100 * time.Millisecond
+	b.init(3, cooldown, slog.New(slog.DiscardHandler))
+	allowed := func() bool { ok, _ := b.allow(); return ok }
 	down := errors.New("dial tcp: connection refused")
 	for range 2 {
 		b.failure(down)
@@ -98,23 +101,62 @@ func TestBreaker(t *testing.T) {
 	for range 2 {
 		b.failure(down)
 	}
-	assert.True(t, b.allow(), "failures must be consecutive")
+	assert.True(t, allowed(), "failures must be consecutive")
 	b.failure(down)
-	assert.False(t, b.allow(), "open after the threshold")
-	time.Sleep(310 * time.Millisecond)
-	assert.True(t, b.allow(), "one probe after the cooldown")
-	assert.False(t, b.allow(), "only one")
+	assert.False(t, allowed(), "open after the threshold")
+	time.Sleep(cooldown + 10*time.Millisecond)
+	assert.True(t, allowed(), "one probe after the cooldown")
+	assert.False(t, allowed(), "only one")
 	b.failure(down)
-	assert.False(t, b.allow(), "a failed probe opens it again")
-	time.Sleep(310 * time.Millisecond)
-	assert.True(t, b.allow())
-	b.abandon()
-	assert.True(t, b.allow(), "an abandoned probe lets another probe")
+	assert.False(t, allowed(), "a failed probe opens it again")
+	time.Sleep(cooldown + 10*time.Millisecond)
+	ok, probe := b.allow()
+	assert.True(t, ok)
+	assert.NotZero(t, probe)
+	b.endProbe(0)
+	assert.False(t, allowed(), "a call that is not the probe cannot end it")
+	b.endProbe(probe)
+	ok, probe2 := b.allow()
+	assert.True(t, ok, "an abandoned probe lets another probe")
+	b.endProbe(probe)
+	assert.False(t, allowed(), "an earlier probe cannot end a later one")
+	b.endProbe(probe2)
 	b.success()
 	assert.False(t, b.open())
-	assert.True(t, b.allow())
+	ok, probe = b.allow()
+	assert.True(t, ok)
+	assert.Zero(t, probe, "no probe while closed")
 
 	assert.True(t, unavailable(down))
 	assert.False(t, unavailable(redis.Nil))
 	assert.False(t, unavailable(nil))
+}
+
+// A call cancelled while the breaker is half-open ends the probe only if it
+// is the probe.
+func TestBreakerCancelledCallKeepsProbe(t *testing.T) {
+	c := New(nil, &Options{BreakerThreshold: 1, BreakerCooldown: time.Millisecond})
+	c.breaker.failure(errors.New("dial tcp: connection refused"))
+	time.Sleep(2 * time.Millisecond)
+	ok, probe := c.breaker.allow()
+	require.True(t, ok)
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.redisResult(cancelled, context.Canceled) // a call that started earlier gives up
+	ok, _ = c.breaker.allow()
+	assert.False(t, ok, "still one probe")
+	c.redisResult(cancelled, context.Canceled) // the probe gives up
+	c.breaker.endProbe(probe)
+	ok, _ = c.breaker.allow()
+	assert.True(t, ok, "then another call probes")
+}
+
+func TestLeasePollFloor(t *testing.T) {
+	c := New(nil, &Options{LeasePoll: time.Nanosecond})
+	assert.Equal(t, minLeasePoll, c.cfg.LeasePoll)
+	assert.NoError(t, (&Options{LeasePoll: time.Nanosecond}).Validate())
+	b := backoff{max: time.Nanosecond}
+	for range 10 {
+		assert.GreaterOrEqual(t, b.next(), minLeasePoll/2, "no pause shorter than half the floor")
+	}
 }

@@ -83,6 +83,12 @@ func (f *fixture) key(ns string, id int64) string {
 // another process would have), closed at the end of the test.
 func (f *fixture) cache(opts *cache.Options) *cache.Cache {
 	f.t.Helper()
+	return f.cacheOn(env.RedisClient(f.t), opts)
+}
+
+// cacheOn is cache on a given client (one with hooks, say).
+func (f *fixture) cacheOn(rdb redis.UniversalClient, opts *cache.Options) *cache.Cache {
+	f.t.Helper()
 	o := cache.Options{}
 	if opts != nil {
 		o = *opts
@@ -90,9 +96,53 @@ func (f *fixture) cache(opts *cache.Options) *cache.Cache {
 	if o.Prefix == "" {
 		o.Prefix = f.base + "-gen:"
 	}
-	c := cache.New(env.RedisClient(f.t), &o)
+	c := cache.New(rdb, &o)
 	f.t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// scriptHook runs before and after (either may be nil) around the first
+// script request (EVALSHA, alone or leading a pipeline) that its client
+// sends once armed: the point between a read and the lease it leads to.
+type scriptHook struct {
+	armed         atomic.Bool
+	before, after func()
+}
+
+func (h *scriptHook) around(name string, next func() error) error {
+	if name != "evalsha" || !h.armed.CompareAndSwap(true, false) {
+		return next()
+	}
+	if h.before != nil {
+		h.before()
+	}
+	err := next()
+	if h.after != nil {
+		h.after()
+	}
+	return err
+}
+
+func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		return h.around(cmd.Name(), func() error { return next(ctx, cmd) })
+	}
+}
+func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if len(cmds) == 0 {
+			return next(ctx, cmds)
+		}
+		return h.around(cmds[0].Name(), func() error { return next(ctx, cmds) })
+	}
+}
+
+// hooked returns a Redis client with h added.
+func hooked(t testing.TB, h redis.Hook) *redis.Client {
+	rdb := env.RedisClient(t)
+	rdb.AddHook(h)
+	return rdb
 }
 
 // loader reads user id from MariaDB, counting its calls.

@@ -93,7 +93,7 @@ func (c *Cache) bump(ctx context.Context, list []*generation) error {
 
 // Write runs fn, the source-of-truth write of the rows behind keys, between
 // two invalidations of keys: one before, one after fn returns (even when fn
-// fails, as a failed commit may have committed), plus one more after
+// fails or panics, as a failed commit may have committed), plus one more after
 // Options.DelayedInvalidation when set. The invalidation after fn closes
 // race R2 (a reader filling the old row between the first one and the
 // commit). With Options.Strong, Write is WriteStrong.
@@ -108,9 +108,10 @@ func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Co
 	if err := c.Invalidate(ctx, keys...); err != nil {
 		c.log.Warn("cache: invalidation before write failed", "keys", len(keys), "err", err)
 	}
-	err := fn(ctx)
-	c.afterWrite(ctx, keys)
-	return err
+	// Deferred, so that a panic in fn (which may follow a commit) still
+	// invalidates before it goes on up.
+	defer c.afterWrite(ctx, keys)
+	return fn(ctx)
 }
 
 // WriteStrong is Write with read-your-writes: before fn it sets tombstones
@@ -128,10 +129,10 @@ func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx cont
 		cancel()
 		return fmt.Errorf("cache: strong write: %w", err)
 	}
-	err := fn(fctx)
-	cancel()
-	c.afterWrite(ctx, keys)
-	return err
+	// Deferred (cancel first), so that a panic in fn still invalidates.
+	defer c.afterWrite(ctx, keys)
+	defer cancel()
+	return fn(fctx)
 }
 
 // afterWrite invalidates keys after a write, even if ctx has ended (the

@@ -87,3 +87,28 @@ func TestInvalidateManyKeys(t *testing.T) {
 	ttl := f.rdb.PTTL(ctx, keys[1]).Val()
 	assert.True(t, ttl > time.Second && ttl <= 2*time.Second, strconv.Itoa(int(ttl)))
 }
+
+// A panic in fn, which may follow a commit, still invalidates the keys
+// after it, and goes on up to the caller.
+func TestWritePanicStillInvalidates(t *testing.T) {
+	for _, strong := range []bool{false, true} {
+		t.Run("strong="+strconv.FormatBool(strong), func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			w, reader := f.cache(&cache.Options{Strong: strong}), f.cache(nil)
+			key := f.key("user", 1)
+			assert.PanicsWithValue(t, "after commit", func() {
+				_ = w.Write(ctx, []string{key}, func(ctx context.Context) error {
+					_, err := cache.Fetch(ctx, reader, key, f.loader(1)) // the old row, filled unless strong
+					require.NoError(t, err)
+					f.rename(1, "ann-v2")
+					panic("after commit")
+				})
+			})
+			assert.Equal(t, "absent", f.kind(key), "invalidated after fn")
+			u, err := cache.Fetch(ctx, reader, key, f.loader(1))
+			require.NoError(t, err)
+			assert.Equal(t, "ann-v2", u.Name)
+		})
+	}
+}
