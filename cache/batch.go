@@ -26,7 +26,7 @@ type BatchLoaderFunc[T any] func(ctx context.Context, keys []string) (map[string
 // error is the loader's error or ctx's.
 func FetchMany[T any](ctx context.Context, c *Cache, keys []string, load BatchLoaderFunc[T], opts ...FetchOption) (map[string]T, error) {
 	out := make(map[string]T, len(keys))
-	b := &batch[T]{c: c, out: out, load: load, ttl: c.ttl(opts)}
+	b := &batch[T]{c: c, out: out, load: load, ttl: c.ttl(opts), versioner: versioner[T]()}
 	if keys = b.gate(ctx, keys); len(keys) == 0 {
 		return out, nil
 	}
@@ -71,6 +71,8 @@ type batch[T any] struct {
 	out  map[string]T
 	load BatchLoaderFunc[T]
 	ttl  time.Duration
+	// versioner says T implements Versioner: it may fill over a floor.
+	versioner bool
 
 	seen   map[string]struct{} // keys already sorted into a list below
 	lease  []pending           // to lease, then load and fill
@@ -85,7 +87,8 @@ type pending struct {
 	g      *generation
 	seen   []byte // what the read found; nil when absent
 	prefix []byte // our lease
-	stamp  header // generations known when we leased
+	stamp  header // generations known when we leased, and the floor
+	fl     floor  // the floor the first read found
 }
 
 // gate drops the keys Options.Filter rejects.
@@ -148,13 +151,13 @@ func (b *batch[T]) sort(key string, g *generation, e entry, first bool) {
 	switch {
 	case e.st == stLease:
 		b.wait = append(b.wait, pending{key: key, g: g})
-	case e.st == stTombstone || e.st == stForeign || !first:
+	case e.st == stTombstone || e.st == stForeign || !first || (floorIn(&e).on && !b.versioner):
 		// A second look that finds no usable value (the key changed under
 		// us, or another process filled bytes this T does not decode) loads
 		// without filling rather than chase the key.
 		b.noFill = append(b.noFill, key)
 	default:
-		b.lease = append(b.lease, pending{key: key, g: g, seen: e.raw})
+		b.lease = append(b.lease, pending{key: key, g: g, seen: e.raw, fl: floorIn(&e)})
 	}
 }
 
@@ -167,16 +170,18 @@ func (b *batch[T]) acquire(ctx context.Context) {
 	defer cancel()
 	now := nowMs()
 	leases := make([][]byte, len(b.lease))
+	ttls := make([]int64, len(b.lease))
 	for i := range b.lease {
 		p := &b.lease[i]
-		p.stamp = header{kind: kindLease, nsGen: p.g.val.Load(), allGen: c.gens.all.val.Load(), filled: now}
-		leases[i] = encodeEntry(p.stamp, newToken())
+		var ttl time.Duration
+		p.stamp, ttl = p.fl.lease(header{kind: kindLease, nsGen: p.g.val.Load(), allGen: c.gens.all.val.Load(), filled: now}, c.cfg.LeaseTTL)
+		leases[i], ttls[i] = encodeEntry(p.stamp, newToken()), ttl.Milliseconds()
 		if p.seen == nil {
 			p.seen = []byte{}
 		}
 	}
 	cmds, err := runPipelined(ctx, c.rdb, leaseScript, len(b.lease), func(i int) (string, []any) {
-		return b.lease[i].key, []any{b.lease[i].seen, leases[i], c.cfg.LeaseTTL.Milliseconds(), "0"}
+		return b.lease[i].key, []any{b.lease[i].seen, leases[i], ttls[i], "0"}
 	})
 	c.redisResult(ctx, err)
 	for i, p := range b.lease {
@@ -239,15 +244,25 @@ func (b *batch[T]) fill(ctx context.Context, m map[string]T, dur time.Duration) 
 	defer cancel()
 	entries := make([][]byte, len(b.owned))
 	ttls := make([]int64, len(b.owned))
+	refused := make([]bool, len(b.owned))
 	for i, p := range b.owned {
 		h := header{nsGen: p.stamp.nsGen, allGen: p.stamp.allGen, filled: nowMs(), loadDur: max(ms(dur), 1)}
 		ttl := c.jittered(b.ttl)
 		v, ok := m[p.key]
+		if !admits(&p.stamp, v, !ok) {
+			// Older than the floor: put the floor's tombstone back.
+			c.stats.fillsRefused.Add(1)
+			refused[i] = true
+			stone, sttl := restoreFloor(&p.stamp)
+			entries[i], ttls[i] = append([]byte{}, stone...), sttl.Milliseconds()
+			continue
+		}
 		var data []byte
 		var err error
 		if ok {
 			data, err = c.codec.Marshal(v)
 			h.kind = kindValue
+			recordVersion(&h, v)
 		} else {
 			ttl = c.jittered(c.cfg.NotFoundTTL)
 			h.kind = kindNotFound
@@ -269,8 +284,8 @@ func (b *batch[T]) fill(ctx context.Context, m map[string]T, dur time.Duration) 
 		return b.owned[i].key, []any{b.owned[i].prefix, entries[i], max(ttls[i], 1)}
 	})
 	c.redisResult(ctx, err)
-	for _, cmd := range cmds {
-		if n, err := cmd.Int64(); err == nil && n == 0 {
+	for i, cmd := range cmds {
+		if n, err := cmd.Int64(); err == nil && n == 0 && !refused[i] {
 			c.stats.fillsRefused.Add(1)
 		}
 	}
@@ -282,7 +297,11 @@ func (b *batch[T]) giveBack(ctx context.Context) {
 	ctx, cancel := b.c.detach(ctx)
 	defer cancel()
 	_, err := runPipelined(ctx, b.c.rdb, fillScript, len(b.owned), func(i int) (string, []any) {
-		return b.owned[i].key, []any{b.owned[i].prefix, []byte{}, 1}
+		stone, ttl := restoreFloor(&b.owned[i].stamp)
+		if stone == nil {
+			stone = []byte{}
+		}
+		return b.owned[i].key, []any{b.owned[i].prefix, stone, max(ttl.Milliseconds(), 1)}
 	})
 	b.c.redisResult(ctx, err)
 }

@@ -93,6 +93,10 @@ type Options struct {
 	// long instead of deleting the key: readers load from the source and do
 	// not fill until it expires. Default: 0 (delete).
 	TombstoneTTL time.Duration
+	// VersionTTL is the life of the versioned tombstones InvalidateVersions
+	// leaves. It should exceed the longest replica lag that loaders may read
+	// through: after it, a lagging read may fill again. Default: 1m.
+	VersionTTL time.Duration
 	// Strong makes every Write hold tombstones on its keys while fn runs, so no
 	// reader fills or is served a value older than the write (see WriteStrong).
 	// Default: false.
@@ -165,7 +169,7 @@ func (o *Options) durations() []namedDuration {
 	return []namedDuration{
 		{"TTL", &o.TTL}, {"NotFoundTTL", &o.NotFoundTTL}, {"LeaseTTL", &o.LeaseTTL},
 		{"LeaseWait", &o.LeaseWait}, {"LeasePoll", &o.LeasePoll}, {"LoadTimeout", &o.LoadTimeout},
-		{"TombstoneTTL", &o.TombstoneTTL}, {"WriteTimeout", &o.WriteTimeout},
+		{"TombstoneTTL", &o.TombstoneTTL}, {"VersionTTL", &o.VersionTTL}, {"WriteTimeout", &o.WriteTimeout},
 		{"DelayedInvalidation", &o.DelayedInvalidation}, {"GenerationRefresh", &o.GenerationRefresh},
 		{"BreakerCooldown", &o.BreakerCooldown},
 	}
@@ -218,6 +222,7 @@ func newConfig(opts *Options) config {
 	o.LeasePoll = max(o.LeasePoll, minLeasePoll)
 	def(&o.LoadTimeout, o.LeaseTTL)
 	def(&o.WriteTimeout, 10*time.Second)
+	def(&o.VersionTTL, time.Minute)
 	def(&o.GenerationRefresh, time.Second)
 	def(&o.BreakerCooldown, time.Second)
 	if o.Prefix == "" {

@@ -26,7 +26,11 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 //
 //	magic    1 byte  0xCA
 //	version  1 byte  1
-//	kind     1 byte  value, not-found, lease, tombstone, refresh lease
+//	kind     1 byte  value, not-found, lease, tombstone, refresh lease;
+//	                 the high bit (0x80) says a row version follows
+//	rowVer   8 bytes big-endian row version, only with the high bit:
+//	                 the floor of a versioned tombstone or of a lease taken
+//	                 over one, the CacheVersion of a value
 //	nsGen    uvarint namespace generation known to the writer
 //	allGen   uvarint global generation known to the writer
 //	filled   uvarint fill time, Unix milliseconds
@@ -36,10 +40,16 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 //	         refresh lease: the token, then the previous value's codec bytes
 //
 // Varints must be minimal, so that a decoded header encodes to the same bytes.
+// The row version is fixed-width so that versioned_tombstone.lua can compare
+// two of them byte by byte (Lua numbers lose integers above 2^53). Entries
+// without it are the ones written before versioned mode existed, so the
+// format version stays 1.
 const (
 	magic         = 0xCA
 	formatVersion = 1
 	tokenLen      = 16
+	versionFlag   = 0x80 // in the kind byte: a row version follows
+	versionLen    = 8
 )
 
 // kind is what an entry holds.
@@ -61,6 +71,9 @@ type header struct {
 	filled  uint64 // Unix ms
 	ttl     uint64 // ms from filled to logical expiry
 	loadDur uint64 // ms
+	// versioned says the entry carries rowVer (see InvalidateVersions).
+	versioned bool
+	rowVer    uint64
 }
 
 // expires returns the logical expiry in Unix ms.
@@ -70,7 +83,12 @@ var errCorrupt = errors.New("cache: corrupt entry")
 
 // appendHeader appends the encoding of h to dst.
 func appendHeader(dst []byte, h header) []byte {
-	dst = append(dst, magic, formatVersion, byte(h.kind))
+	if h.versioned {
+		dst = append(dst, magic, formatVersion, byte(h.kind)|versionFlag)
+		dst = binary.BigEndian.AppendUint64(dst, h.rowVer)
+	} else {
+		dst = append(dst, magic, formatVersion, byte(h.kind))
+	}
 	dst = binary.AppendUvarint(dst, h.nsGen)
 	dst = binary.AppendUvarint(dst, h.allGen)
 	dst = binary.AppendUvarint(dst, h.filled)
@@ -80,7 +98,7 @@ func appendHeader(dst []byte, h header) []byte {
 
 // encodeEntry returns header h followed by payload.
 func encodeEntry(h header, payload ...[]byte) []byte {
-	n := 3 + 5*binary.MaxVarintLen64
+	n := 3 + versionLen + 5*binary.MaxVarintLen64
 	for _, p := range payload {
 		n += len(p)
 	}
@@ -98,11 +116,17 @@ func decodeHeader(b []byte) (header, []byte, error) {
 	if len(b) < 3 || b[0] != magic || b[1] != formatVersion {
 		return h, nil, errCorrupt
 	}
-	h.kind = kind(b[2])
+	h.kind, h.versioned = kind(b[2]&^versionFlag), b[2]&versionFlag != 0
 	if h.kind < kindValue || h.kind > kindRefresh {
 		return h, nil, errCorrupt
 	}
 	b = b[3:]
+	if h.versioned {
+		if len(b) < versionLen {
+			return h, nil, errCorrupt
+		}
+		h.rowVer, b = binary.BigEndian.Uint64(b), b[versionLen:]
+	}
 	for _, f := range [...]*uint64{&h.nsGen, &h.allGen, &h.filled, &h.ttl, &h.loadDur} {
 		v, n := binary.Uvarint(b)
 		if n <= 0 || (n > 1 && b[n-1] == 0) {

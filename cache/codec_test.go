@@ -21,6 +21,10 @@ func TestHeaderRoundTrip(t *testing.T) {
 		{"lease", header{kind: kindLease, nsGen: 9, allGen: 8, filled: 7}, token},
 		{"tombstone", header{kind: kindTombstone, filled: 5, ttl: 2000}, nil},
 		{"refresh", header{kind: kindRefresh, nsGen: 2, ttl: 1}, append(append([]byte{}, token...), `"old"`...)},
+		{"versioned tombstone", header{kind: kindTombstone, versioned: true, rowVer: 2, filled: 5, ttl: 60_000}, nil},
+		{"versioned tombstone at 0", header{kind: kindTombstone, versioned: true, filled: 5, ttl: 60_000}, nil},
+		{"versioned lease", header{kind: kindLease, versioned: true, rowVer: 1 << 62, nsGen: 4, filled: 7, ttl: 9}, token},
+		{"versioned value", header{kind: kindValue, versioned: true, rowVer: ^uint64(0), nsGen: 1, filled: 2, ttl: 3, loadDur: 4}, []byte(`{"v":3}`)},
 		{"max varints", header{kind: kindValue, nsGen: ^uint64(0), allGen: ^uint64(0), filled: 1 << 62, ttl: 1 << 62, loadDur: ^uint64(0)}, []byte("x")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,6 +62,10 @@ func TestHeaderRejects(t *testing.T) {
 		{"refresh without token", encodeEntry(header{kind: kindRefresh}, []byte("x"))},
 		{"not-found with payload", encodeEntry(header{kind: kindNotFound}, []byte("x"))},
 		{"tombstone with payload", encodeEntry(header{kind: kindTombstone}, []byte("x"))},
+		{"version cut short", []byte{magic, formatVersion, byte(kindTombstone) | versionFlag, 0, 0, 0, 2}},
+		{"version without header", []byte{magic, formatVersion, byte(kindTombstone) | versionFlag, 0, 0, 0, 0, 0, 0, 0, 2}},
+		{"unknown versioned kind", append([]byte{magic, formatVersion, 9 | versionFlag}, make([]byte, 13)...)},
+		{"versioned tombstone with payload", encodeEntry(header{kind: kindTombstone, versioned: true, rowVer: 1}, []byte("x"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := decodeHeader(tc.b)
@@ -82,6 +90,9 @@ func FuzzDecodeHeader(f *testing.F) {
 	f.Add(encodeEntry(header{kind: kindRefresh}, make([]byte, tokenLen+2)))
 	f.Add(encodeEntry(header{kind: kindTombstone, ttl: 1000}))
 	f.Add(encodeEntry(header{kind: kindNotFound}))
+	f.Add(encodeEntry(header{kind: kindTombstone, versioned: true, rowVer: 3, filled: 1, ttl: 60_000}))
+	f.Add(encodeEntry(header{kind: kindLease, versioned: true, rowVer: 2, ttl: 5}, make([]byte, tokenLen)))
+	f.Add(encodeEntry(header{kind: kindValue, versioned: true, rowVer: 9}, []byte("1")))
 	f.Add([]byte{magic, formatVersion, byte(kindValue), 0x80})
 	f.Add([]byte("plain text"))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -103,4 +114,15 @@ func FuzzDecodeHeader(f *testing.F) {
 			t.Fatalf("re-decode: %+v %v", h2, err)
 		}
 	})
+}
+
+func TestVersionedHeaderLayout(t *testing.T) {
+	// versioned_tombstone.lua reads the kind at byte 3 and the version at
+	// bytes 4 to 11 (1-based).
+	b := encodeEntry(header{kind: kindTombstone, versioned: true, rowVer: 0x0102030405060708, filled: 1, ttl: 2})
+	assert.Equal(t, byte(0x84), b[2])
+	assert.Equal(t, []byte{1, 2, 3, 4, 5, 6, 7, 8}, b[3:11])
+	// Entries without a version keep the layout of before.
+	plain := encodeEntry(header{kind: kindTombstone, filled: 1, ttl: 2})
+	assert.Equal(t, []byte{magic, formatVersion, byte(kindTombstone), 0, 0, 1, 2, 0}, plain)
 }

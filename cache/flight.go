@@ -16,7 +16,10 @@ type flight struct {
 	ttl    time.Duration
 	load   func(context.Context) (any, error)
 	decode func([]byte) (any, error)
-	basis  basis // what the result rests on; set before each request or load
+	// versioner says the loaded values implement Versioner, so they may
+	// fill over a versioned tombstone.
+	versioner bool
+	basis      basis // what the result rests on; set before each request or load
 }
 
 // A flight's result rests on one observation made after the flight
@@ -63,7 +66,7 @@ func (f *flight) before(token []byte) { f.basis = basis{at: f.c.clock(), token: 
 
 func newFlight[T any](c *Cache, key string, g *generation, ttl time.Duration, load LoaderFunc[T]) *flight {
 	return &flight{
-		c: c, key: key, g: g, ttl: ttl,
+		c: c, key: key, g: g, ttl: ttl, versioner: versioner[T](),
 		load: func(ctx context.Context) (any, error) { return load(ctx) },
 		decode: func(b []byte) (any, error) {
 			var v T
@@ -124,15 +127,17 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 			e = c.classify(raw, present, f.g)
 			continue
 		}
-		// Absent, stale or corrupt: take the lease, unless the key changed
-		// since we looked, and load.
-		if time.Now().After(deadline) {
+		// Absent, stale, corrupt, a versioned tombstone or a dead lease
+		// over one: take the lease, unless the key changed since we looked,
+		// and load. A lease over a floor carries it on.
+		fl := floorIn(&e)
+		if time.Now().After(deadline) || (fl.on && !f.versioner) {
 			return f.loadOnly(ctx)
 		}
-		stamp := header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: nowMs()}
+		stamp, ttl := fl.lease(header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: nowMs()}, c.cfg.LeaseTTL)
 		lease := encodeEntry(stamp, newToken())
 		f.before(lease)
-		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, c.cfg.LeaseTTL, false)
+		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl, false)
 		c.redisResult(ctx, err)
 		switch {
 		case err != nil:
@@ -198,21 +203,30 @@ func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, r
 	switch {
 	case errors.Is(err, ErrNotFound):
 		v, err = nil, ErrNotFound
+		if !admits(&stamp, nil, true) {
+			f.refuse(ctx, prefix, &stamp)
+			return nil, err
+		}
 		ttl = c.jittered(c.cfg.NotFoundTTL)
 		h.kind, h.ttl = kindNotFound, ms(ttl)
 		stored = encodeEntry(h)
 	case err != nil:
-		f.giveBack(ctx, prefix, restore)
+		f.giveBack(ctx, prefix, restore, &stamp)
 		return nil, err
 	default:
+		if !admits(&stamp, v, false) {
+			f.refuse(ctx, prefix, &stamp)
+			return v, nil
+		}
 		data, merr := c.codec.Marshal(v)
 		if merr != nil {
 			c.log.Error("cache: cannot encode value; not cached", "key", f.key, "err", merr)
-			f.giveBack(ctx, prefix, restore)
+			f.giveBack(ctx, prefix, restore, &stamp)
 			return v, nil
 		}
 		ttl = c.jittered(f.ttl)
 		h.kind, h.ttl = kindValue, ms(ttl)
+		recordVersion(&h, v)
 		stored = encodeEntry(h, data)
 	}
 	if c.hookBeforeFill != nil {
@@ -227,11 +241,21 @@ func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, r
 	return v, err
 }
 
+// refuse ends a lease whose load is older than the floor it carries
+// (stamp): the value is returned to the callers, and the floor's tombstone
+// goes back in place of the lease.
+func (f *flight) refuse(ctx context.Context, prefix []byte, stamp *header) {
+	f.c.stats.fillsRefused.Add(1)
+	f.c.log.Debug("cache: fill refused: the loaded row is older than the key's versioned tombstone",
+		"key", f.key, "version", stamp.rowVer)
+	f.giveBack(ctx, prefix, nil, stamp)
+}
+
 // giveBack ends a lease after a failed load: it restores the entry a refresh
-// lease replaced, or deletes a plain lease so that waiters retry at once.
-func (f *flight) giveBack(ctx context.Context, prefix []byte, restore *entry) {
-	var entry []byte
-	var ttl time.Duration
+// lease replaced, or the versioned tombstone a lease carrying a floor
+// replaced, or deletes a plain lease so that waiters retry at once.
+func (f *flight) giveBack(ctx context.Context, prefix []byte, restore *entry, stamp *header) {
+	entry, ttl := restoreFloor(stamp)
 	if restore != nil {
 		if exp, now := restore.h.expires(), nowMs(); exp > now {
 			entry, ttl = restore.raw, time.Duration(exp-now)*time.Millisecond

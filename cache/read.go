@@ -18,6 +18,8 @@ const (
 	stLease           // another's lease without a usable value
 	stRefresh         // another's refresh lease carrying a current value
 	stTombstone       // recently invalidated
+	stVersioned       // a versioned tombstone: a fill must reach its version
+	stDead            // a versioned lease older than LeaseTTL: its holder is gone
 	stStale           // an entry older than a known generation
 	stCorrupt         // bytes that do not decode
 	stForeign         // a Redis type other than string
@@ -49,6 +51,9 @@ func (c *Cache) classify(raw []byte, present bool, g *generation) entry {
 	switch h.kind {
 	case kindTombstone:
 		e.st = stTombstone
+		if h.versioned {
+			e.st = stVersioned
+		}
 		return e
 	case kindValue:
 		e.st, e.payload = stValue, p
@@ -56,6 +61,12 @@ func (c *Cache) classify(raw []byte, present bool, g *generation) entry {
 		e.st = stNotFound
 	case kindLease:
 		e.st = stLease
+		// A plain lease expires with its key; one that carries a floor
+		// lives as long as the floor, and is judged by its fill time.
+		if h.versioned && nowMs() >= h.filled+ms(c.cfg.LeaseTTL) {
+			e.st = stDead
+			return e
+		}
 	case kindRefresh:
 		e.st, e.payload = stRefresh, p[tokenLen:]
 	}
