@@ -19,7 +19,7 @@ type flight struct {
 	// versioner says the loaded values implement Versioner, so they may
 	// fill over a versioned tombstone.
 	versioner bool
-	basis      basis // what the result rests on; set before each request or load
+	basis     basis // what the result rests on; set before each request or load
 }
 
 // A flight's result rests on one observation made after the flight
