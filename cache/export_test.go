@@ -39,3 +39,15 @@ func TTLOf(b []byte) uint64 {
 
 // Namespace is namespace.
 var Namespace = namespace
+
+// VersionOf returns the row version an entry records, if any.
+func VersionOf(b []byte) (uint64, bool) {
+	h, _, err := decodeHeader(b)
+	return h.rowVer, err == nil && h.versioned
+}
+
+// VersionedLease returns a lease entry carrying floor ver, filled at filled
+// (Unix ms) with the floor lapsing ttl ms later.
+func VersionedLease(ver, filled, ttl uint64) []byte {
+	return encodeEntry(header{kind: kindLease, versioned: true, rowVer: ver, filled: filled, ttl: ttl}, newToken())
+}
