@@ -20,14 +20,46 @@
 // return the old row (use WriteStrong for read-your-writes); a write that
 // neither goes through Write nor reaches the binlog invalidator is only
 // undone by the TTL; other processes see InvalidateNamespace and
-// InvalidateAll within Options.GenerationRefresh.
+// InvalidateAll within Options.GenerationRefresh; a loader that reads a
+// lagging replica may fill the row as it was before the invalidation
+// (race R4), unless the key was invalidated with InvalidateVersions.
+//
+// # Versioned mode
+//
+// Where a table has a monotonic version column and the cached type
+// implements Versioner, InvalidateVersions(ctx, KeyVersion{key, v}) leaves a
+// versioned tombstone for Options.VersionTTL instead of deleting the key:
+//
+//   - It replaces any lease or value, like Invalidate.
+//   - A reader that finds it takes a lease over it that carries its version
+//     (the floor) and loads. A value with CacheVersion() >= floor fills; an
+//     older one is returned to the caller but not stored, and the tombstone
+//     goes back in place of the lease (Stats.FillsRefused). A not-found
+//     result fills only when the floor is 0. A type that does not implement
+//     Versioner never fills over a versioned tombstone: it loads each time.
+//   - Floors never go down: a tombstone sent over a higher versioned
+//     tombstone is dropped, and one sent over a lease or value that records
+//     a higher version (filled values of a Versioner record theirs) takes
+//     that version. So invalidations may arrive in any order.
+//   - Deletes: pass the deleted row's version plus one, so that neither the
+//     old row nor a cached not-found is filled before the tombstone expires
+//     (readers still get ErrNotFound from the source). Version 0 means any
+//     value or not-found may fill: it only kills leases.
+//
+// A plain Invalidate (and Write's invalidations, and WriteStrong's
+// tombstones) removes a versioned tombstone and its floor; for keys in
+// versioned mode, send every invalidation through InvalidateVersions, or
+// accept that a lagging read right after a plain one may fill. Processes
+// from before versioned mode read versioned entries as corrupt and replace
+// them: upgrade the readers before invalidating with versions.
 //
 // # How a read works
 //
 //  1. Options.Filter, when set, may answer ErrNotFound with no round trip.
 //  2. One GET (pipelined with the namespace's and the global generation once
 //     per Options.GenerationRefresh). Every entry starts with a small header
-//     (magic, version, kind, generations, fill time, logical expiry, load
+//     (magic, version, kind, row version in versioned mode, generations,
+//     fill time, logical expiry, load
 //     time), then the codec's bytes. A current value is decoded and
 //     returned; a not-found entry returns ErrNotFound.
 //  3. Otherwise (absent, stale generation, corrupt bytes) one caller per
@@ -41,7 +73,8 @@
 //  6. A flight that finds another process's lease polls with jittered
 //     backoff (Options.LeasePoll) and returns the value that appears; if the
 //     lease vanishes it starts over; past Options.LeaseWait it loads without
-//     filling. A tombstone makes it load without filling.
+//     filling. A tombstone makes it load without filling; a versioned
+//     tombstone is leased over, and the fill must reach its version.
 //  7. With Options.EarlyRefresh, a hit close to expiry may start a
 //     background reload (XFetch) under a refresh lease that carries the
 //     current value, so other readers keep being served. The refresh lease
@@ -68,7 +101,9 @@
 //     Options.WriteTimeout before fn: until the invalidation after fn, every
 //     reader loads from the source and nobody fills, so a read issued after
 //     the commit sees the write.
-//  4. InvalidateNamespace and InvalidateAll bump a generation in Redis; each
+//  4. InvalidateVersions sets versioned tombstones with a one-key script
+//     that keeps the highest version (see Versioned mode).
+//  5. InvalidateNamespace and InvalidateAll bump a generation in Redis; each
 //     entry records the generations its filler knew when it took the lease,
 //     and an entry older than a known generation is a miss.
 //
@@ -78,6 +113,11 @@
 //	    removed by the delete; its fill is refused.
 //	R2  delete, then write: the invalidation after fn removes a value filled
 //	    between the first delete and the commit.
+//	R4  replica-lag fill: a reader loads from a lagging replica after the
+//	    invalidation and would fill the old row. Closed in versioned mode:
+//	    the versioned tombstone makes the reader's lease carry the new
+//	    version, and the old row's fill is refused. Without it, load from
+//	    the primary.
 //	R6  out-of-order fills: only the current lease holder can fill.
 //	R10 joined an old flight: Invalidate moves the key to a new flight epoch;
 //	    for an invalidation from another process, every shared result
@@ -111,7 +151,8 @@
 // A hit costs one GET, a header decode that does not allocate, and the
 // codec's Unmarshal: the same allocations as a raw GET and json.Unmarshal.
 //
-// Every script (lease.lua, fill.lua, bump.lua) touches exactly one key, and
+// Every script (lease.lua, fill.lua, bump.lua, versioned_tombstone.lua)
+// touches exactly one key, and
 // multi-key reads and writes are pipelines, so *redis.Client,
 // *redis.ClusterClient and *redis.Ring all work. Only the generation keys
 // carry Options.Prefix; user keys are used as given.

@@ -138,3 +138,42 @@ func exampleServers() (*sql.DB, *redis.Client, func()) {
 		mustExec(env.Admin(), "DROP DATABASE "+name)
 	}
 }
+
+// Doc is a row of a table with a version column.
+type Doc struct {
+	ID      int64
+	Body    string
+	Version int64
+}
+
+// CacheVersion returns the row's version, so Docs may fill over versioned
+// tombstones.
+func (d Doc) CacheVersion() int64 { return d.Version }
+
+func ExampleCache_InvalidateVersions() {
+	ctx := context.Background()
+	rdb := env.NewRedis(nil)
+	defer rdb.Close()
+	c := cache.New(rdb, nil)
+	defer c.Close()
+	key := "doc:" + uniqueBaseNoCleanup()
+	defer rdb.Del(ctx, key)
+
+	replica := Doc{ID: 7, Body: "draft", Version: 1} // has not applied version 2 yet
+	fromReplica := func(context.Context) (Doc, error) { return replica, nil }
+
+	// The row became version 2 on the primary (the binlog says so).
+	if err := c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 2}); err != nil {
+		log.Fatal(err)
+	}
+	d, _ := cache.Fetch(ctx, c, key, fromReplica) // served, not cached
+	fmt.Println(d.Body, "refused:", c.Stats().FillsRefused)
+
+	replica = Doc{ID: 7, Body: "final", Version: 2} // the replica caught up
+	_, _ = cache.Fetch(ctx, c, key, fromReplica)    // cached
+	d, _ = cache.Fetch(ctx, c, key, fromReplica)    // a hit
+	fmt.Println(d.Body, "hits:", c.Stats().Hits)
+	// Output:
+	// draft refused: 1
+	// final hits: 1
+}

@@ -23,7 +23,8 @@ type Stats struct {
 	// another type); they are read as misses and replaced.
 	Corrupt uint64
 	// FillsRefused counts loaded values not stored because an invalidation
-	// took their lease.
+	// took their lease, or because they are older than the version of the
+	// key's versioned tombstone.
 	FillsRefused uint64
 	// EarlyRefreshes counts values reloaded before expiry (Options.EarlyRefresh).
 	EarlyRefreshes uint64
