@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/cache"
 	"github.com/cacheaside/cacheaside/lock"
 )
 
@@ -23,6 +24,13 @@ type Target interface {
 	Invalidate(ctx context.Context, keys ...string) error
 	InvalidateNamespace(ctx context.Context, namespaces ...string) error
 	InvalidateAll(ctx context.Context) error
+}
+
+// VersionedTarget is a Target that also takes versioned invalidations, for
+// rules with a Version column: *cache.Cache implements it. With a Target
+// that does not, those keys get plain invalidations.
+type VersionedTarget interface {
+	InvalidateVersions(ctx context.Context, items ...cache.KeyVersion) error
 }
 
 // Adder records keys that now exist: *bloom.Filter implements it.
@@ -157,7 +165,9 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 // work is one transaction on its way from the binlog to Redis.
 type work struct {
 	tx         *binlog.Tx
-	keys       []string
+	keys       []string // every key, for stats and OnApplied
+	plain      []string // keys of rules without a Version column
+	versioned  []cache.KeyVersion
 	adds       []string // keys of inserted rows, for the filter
 	namespaces []string
 	all        bool
@@ -285,7 +295,7 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 	}
 	for i := range tx.Rows {
 		row := &tx.Rows[i]
-		keys, err := inv.rules.Keys(*row)
+		plain, versioned, err := inv.rules.keys(*row)
 		if err != nil {
 			// A value no template can print must not stop the stream, nor be
 			// skipped: invalidate the whole table instead.
@@ -293,6 +303,12 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 				"schema", row.Schema, "table", row.Table, "err", err)
 			tableWide(row.Schema, row.Table, row.Op != binlog.Delete)
 			continue
+		}
+		w.plain = append(w.plain, plain...)
+		w.versioned = append(w.versioned, versioned...)
+		keys := plain
+		for _, kv := range versioned {
+			keys = append(keys, kv.Key)
 		}
 		w.keys = append(w.keys, keys...)
 		if row.Op == binlog.Insert || row.Op == binlog.Update {
@@ -355,20 +371,21 @@ func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *w
 			timer.Stop()
 		}
 		if fire {
-			keys := later[0].keys
+			again := later[0]
 			later = later[1:]
-			if err := inv.retry(ctx, "delayed invalidation", func() error { return inv.target.Invalidate(ctx, keys...) }); err != nil {
+			if err := inv.retry(ctx, "delayed invalidation", func() error { return inv.send(ctx, again.plain, again.versioned) }); err != nil {
 				return nil // ctx ended
 			}
 			continue
 		}
 		if len(batch) > 0 {
-			keys, err := inv.invalidate(ctx, batch)
+			again, err := inv.invalidate(ctx, batch)
 			if err != nil {
 				return nil // ctx ended
 			}
-			if d := inv.opts.DelayedInvalidation; d > 0 && len(keys) > 0 {
-				later = append(later, delayed{at: time.Now().Add(d), keys: keys})
+			if d := inv.opts.DelayedInvalidation; d > 0 && len(again.plain)+len(again.versioned) > 0 {
+				again.at = time.Now().Add(d)
+				later = append(later, again)
 			}
 			for _, w := range batch {
 				if !w.tx.More {
@@ -387,8 +404,9 @@ func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *w
 
 // delayed is a second invalidation of keys, due at a time.
 type delayed struct {
-	at   time.Time
-	keys []string
+	at        time.Time
+	plain     []string
+	versioned []cache.KeyVersion
 }
 
 // collect takes w and whatever else is already queued, up to MaxBatchKeys
@@ -411,13 +429,35 @@ func (inv *Invalidator) collect(w *work, queue <-chan *work) []*work {
 	return batch
 }
 
+// send sends plain and versioned invalidations of keys.
+func (inv *Invalidator) send(ctx context.Context, plain []string, versioned []cache.KeyVersion) error {
+	if len(versioned) > 0 {
+		if vt, ok := inv.target.(VersionedTarget); ok {
+			if err := vt.InvalidateVersions(ctx, versioned...); err != nil {
+				return err
+			}
+		} else {
+			for _, kv := range versioned {
+				plain = append(plain, kv.Key)
+			}
+		}
+	}
+	if len(plain) > 0 {
+		return inv.target.Invalidate(ctx, plain...)
+	}
+	return nil
+}
+
 // invalidate applies one batch, retrying until Redis acknowledges all of
-// it, and returns the keys it invalidated.
-func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) ([]string, error) {
-	var keys, adds, namespaces []string
+// it, and returns its plain and versioned keys.
+func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) (delayed, error) {
+	var keys, plain, adds, namespaces []string
+	var versioned []cache.KeyVersion
 	all, forget := false, false
 	for _, w := range batch {
 		keys = append(keys, w.keys...)
+		plain = append(plain, w.plain...)
+		versioned = append(versioned, w.versioned...)
 		adds = append(adds, w.adds...)
 		namespaces = append(namespaces, w.namespaces...)
 		all = all || w.all
@@ -448,13 +488,10 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) ([]string
 				return err
 			}
 		}
-		if len(keys) > 0 {
-			return inv.target.Invalidate(ctx, keys...)
-		}
-		return nil
+		return inv.send(ctx, plain, versioned)
 	})
 	if err != nil {
-		return nil, err
+		return delayed{}, err
 	}
 	now := time.Now()
 	for _, w := range batch {
@@ -465,7 +502,7 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) ([]string
 	}
 	inv.stats.batches.Add(1)
 	inv.stats.keys.Add(uint64(len(keys)))
-	return keys, nil
+	return delayed{plain: plain, versioned: versioned}, nil
 }
 
 // save writes the checkpoint, retrying Redis errors. A newer leader's

@@ -250,3 +250,6 @@ func debugLogger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// CacheVersion makes user a cache.Versioner, for rules with a Version column.
+func (u user) CacheVersion() int64 { return u.Version }

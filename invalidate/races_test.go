@@ -487,3 +487,62 @@ func TestR8ForeignKeyCascade(t *testing.T) {
 		})
 	}
 }
+
+// R4: a reader fills from a lagging replica after the invalidation. Here
+// the replica is a snapshot taken before the write, so it still returns
+// version 1. A rule with a Version column leaves a versioned tombstone
+// that refuses any fill older than the change, while newer fills go on.
+func TestR4LaggingReplicaFillRefusedByVersion(t *testing.T) {
+	for _, versioned := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain invalidation lets the lagging fill land", true: "versioned tombstone refuses it"}[versioned], func(t *testing.T) {
+			s := newStack(t, stackOptions{rules: func(db, prefix string) []invalidate.Rule {
+				rules := usersRules(db, prefix)
+				if versioned {
+					rules[0].Version = "version"
+				}
+				return rules
+			}})
+			ctx := context.Background()
+			_, err := s.db.Exec("INSERT INTO users VALUES (4, 'd@x.io', 'v1', 1)")
+			require.NoError(t, err)
+			s.fence(t)
+
+			replica, err := s.db.Conn(ctx)
+			require.NoError(t, err)
+			defer replica.Close()
+			_, err = replica.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+			require.NoError(t, err)
+			var v int64
+			require.NoError(t, replica.QueryRowContext(ctx, "SELECT version FROM users WHERE id = 4").Scan(&v))
+			require.Equal(t, int64(1), v)
+
+			before := s.applied.count(userKey(s.prefix, 4))
+			_, err = s.db.Exec("UPDATE users SET name = 'v2', version = 2 WHERE id = 4")
+			require.NoError(t, err)
+			for s.applied.count(userKey(s.prefix, 4)) == before {
+				s.fence(t)
+			}
+			u, err := cache.Fetch(ctx, s.cache, userKey(s.prefix, 4), func(ctx context.Context) (user, error) {
+				u := user{ID: 4}
+				err := replica.QueryRowContext(ctx, "SELECT email, name, version FROM users WHERE id = 4").Scan(&u.Email, &u.Name, &u.Version)
+				return u, err
+			})
+			require.NoError(t, err)
+			require.Equal(t, "v1", u.Name, "the replica still has version 1")
+
+			u, loaded, err := s.fetchUser(ctx, 4)
+			require.NoError(t, err)
+			if !versioned {
+				assert.False(t, loaded)
+				assert.Equal(t, "v1", u.Name, "the lagging fill landed: R4 reproduced")
+				return
+			}
+			assert.True(t, loaded, "the lagging fill was refused")
+			assert.Equal(t, "v2", u.Name)
+			u, loaded, err = s.fetchUser(ctx, 4)
+			require.NoError(t, err)
+			assert.False(t, loaded, "a fill at the tombstone's version is accepted")
+			assert.Equal(t, "v2", u.Name)
+		})
+	}
+}

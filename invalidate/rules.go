@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync/atomic"
 
 	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/cache"
 )
 
 // Rule maps one table to the cache keys that hold copies of its rows.
@@ -25,6 +27,14 @@ type Rule struct {
 	Keys []string
 	// Func returns more keys for a row change; it sees both images. Optional.
 	Func func(row binlog.Row) []string
+	// Version names a column whose value grows with every change of a row
+	// (a version or update counter). With it, the keys of an inserted or
+	// updated row get a versioned tombstone (cache.InvalidateVersions) that
+	// refuses any fill older than the change: a reader of a lagging replica
+	// (race R4), or of a commit not yet visible (R5), cannot install the old
+	// row, for as long as the tombstone lives. Cached values must implement
+	// cache.Versioner. Optional.
+	Version string
 	// Namespaces are the cache namespaces (the key text before the first ':')
 	// that Func's keys live in, bumped on a table-wide change. Templates add
 	// their own. A rule with a Func and no Namespaces makes a table-wide change
@@ -104,8 +114,25 @@ func (rs *Rules) match(schema, table string) []*compiled {
 // before image and from the after image, so a changed email invalidates the
 // old key and the new one. Duplicates are removed.
 func (rs *Rules) Keys(row binlog.Row) ([]string, error) {
-	var keys []string
+	keys, versioned, err := rs.keys(row)
+	for _, kv := range versioned {
+		keys = append(keys, kv.Key)
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys), err
+}
+
+// keys splits a row change's keys into plain ones and, for rules with a
+// Version column, keys paired with the row's version after the change.
+func (rs *Rules) keys(row binlog.Row) (plain []string, versioned []cache.KeyVersion, err error) {
 	for _, c := range rs.match(row.Schema, row.Table) {
+		version, hasVersion := int64(0), false
+		if c.Version != "" {
+			version, hasVersion, err = rowVersion(row, c.Version)
+			if err != nil {
+				return nil, nil, err
+			}
+		}
 		for _, t := range c.templates {
 			for _, img := range []map[string]any{row.Before, row.After} {
 				if img == nil {
@@ -113,19 +140,54 @@ func (rs *Rules) Keys(row binlog.Row) ([]string, error) {
 				}
 				k, ok, err := t.expand(img)
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
-				if ok {
-					keys = append(keys, k)
+				switch {
+				case !ok:
+				case hasVersion:
+					versioned = append(versioned, cache.KeyVersion{Key: k, Version: version})
+				default:
+					plain = append(plain, k)
 				}
 			}
 		}
 		if c.Func != nil {
-			keys = append(keys, c.Func(row)...)
+			plain = append(plain, c.Func(row)...)
 		}
 	}
-	slices.Sort(keys)
-	return slices.Compact(keys), nil
+	slices.Sort(plain)
+	return slices.Compact(plain), versioned, nil
+}
+
+// rowVersion returns the version floor of a row change: the after image's
+// version, or for a delete the before image's version plus one, which
+// refuses the deleted row from a lagging reader (and, for the tombstone's
+// life, a cached not-found: readers then get it from the source).
+func rowVersion(row binlog.Row, column string) (v int64, hasVersion bool, err error) {
+	img, bump := row.After, int64(0)
+	if img == nil {
+		img, bump = row.Before, 1
+	}
+	raw, ok := img[column]
+	if !ok {
+		return 0, false, fmt.Errorf("invalidate: the row image of %s has no version column %s", qualified(row.Schema, row.Table), column)
+	}
+	switch x := raw.(type) {
+	case int64:
+		if x == math.MaxInt64 {
+			bump = 0
+		}
+		return x + bump, true, nil
+	case uint64:
+		if x >= math.MaxInt64 {
+			return 0, false, fmt.Errorf("invalidate: version %d of %s does not fit an int64", x, qualified(row.Schema, row.Table))
+		}
+		return int64(x) + bump, true, nil
+	case nil:
+		return 0, false, nil
+	default:
+		return 0, false, fmt.Errorf("invalidate: version column %s of %s holds a %T, not an integer", column, qualified(row.Schema, row.Table), raw)
+	}
 }
 
 // TableWide returns what a change to a whole table invalidates: the
@@ -182,6 +244,9 @@ func (rs *Rules) Check(ctx context.Context, db *sql.DB) error {
 			if len(cols) == 0 {
 				errs = append(errs, fmt.Errorf("invalidate: rule for %s: table not found", qualified(c.Schema, table)))
 				continue
+			}
+			if c.Version != "" && !cols[c.Version] {
+				errs = append(errs, fmt.Errorf("invalidate: rule for %s: no version column %q", qualified(c.Schema, table), c.Version))
 			}
 			for _, t := range c.templates {
 				for _, col := range t.columns() {
