@@ -37,7 +37,10 @@
 // Invalidation uses the cache's own semantics (see package cache): leases of
 // fills in flight are killed, and with a tombstone window configured on the
 // cache a fill that read a row before its change became visible is refused
-// (race R5).
+// (race R5). For a rule with a Version column the keys get versioned
+// tombstones instead, which refuse any fill older than the change, from a
+// lagging replica (R4) or an invisible commit (R5) alike, and accept newer
+// fills at once.
 //
 // # What it does not promise
 //
