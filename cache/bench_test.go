@@ -332,3 +332,40 @@ func BenchmarkStampede(b *testing.B) {
 	b.ReportMetric(pct(overs, 0.50), "p50-after-load-ms")
 	b.ReportMetric(pct(overs, 0.99), "p99-after-load-ms")
 }
+
+// invalidateKeys returns 100 keys under base.
+func invalidateKeys(base string) []string {
+	keys := make([]string, 100)
+	for i := range keys {
+		keys[i] = base + "user:" + strconv.Itoa(i)
+	}
+	return keys
+}
+
+func BenchmarkInvalidate100Keys(b *testing.B) {
+	c, _, base := benchClients(b)
+	ctx := context.Background()
+	keys := invalidateKeys(base)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.Invalidate(ctx, keys...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRawDel100Keys(b *testing.B) {
+	_, rdb, base := benchClients(b)
+	ctx := context.Background()
+	keys := invalidateKeys(base)
+	b.ReportAllocs()
+	for b.Loop() {
+		pipe := rdb.Pipeline()
+		for _, k := range keys {
+			pipe.Del(ctx, k)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

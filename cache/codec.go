@@ -33,7 +33,8 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 //	                 over one, the CacheVersion of a value
 //	nsGen    uvarint namespace generation known to the writer
 //	allGen   uvarint global generation known to the writer
-//	filled   uvarint fill time, Unix milliseconds
+//	filled   uvarint fill time, Unix milliseconds; a versioned tombstone
+//	                 filled in the future holds fills off until then
 //	ttl      uvarint logical expiry minus fill time, milliseconds (XFetch)
 //	load     uvarint load duration, milliseconds (XFetch delta)
 //	payload  value: the codec's bytes; lease: a 16-byte token;

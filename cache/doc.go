@@ -45,13 +45,20 @@
 //     old row nor a cached not-found is filled before the tombstone expires
 //     (readers still get ErrNotFound from the source). Version 0 means any
 //     value or not-found may fill: it only kills leases.
+//   - A plain Invalidate (and Write's invalidations, and WriteStrong's
+//     tombstones) keeps the floor: over an entry that carries a version
+//     above 0 it leaves a versioned tombstone at that version, living
+//     Options.VersionTTL (or the plain tombstone's life if longer), instead
+//     of deleting the key. A plain tombstone's life (TombstoneTTL,
+//     WriteStrong's WriteTimeout) is a hold within it: until it passes,
+//     readers load without filling, as under a plain tombstone. So Write
+//     and the binlog invalidator may reach a key in either order. The cost:
+//     a deleted row whose value recorded a version is not cached as
+//     not-found until that tombstone expires (readers load it).
 //
-// A plain Invalidate (and Write's invalidations, and WriteStrong's
-// tombstones) removes a versioned tombstone and its floor; for keys in
-// versioned mode, send every invalidation through InvalidateVersions, or
-// accept that a lagging read right after a plain one may fill. Processes
-// from before versioned mode read versioned entries as corrupt and replace
-// them: upgrade the readers before invalidating with versions.
+// Processes from before versioned mode read versioned entries as corrupt
+// and replace them, and processes from before the hold fill through it:
+// upgrade the readers before invalidating with versions.
 //
 // # How a read works
 //
@@ -92,7 +99,8 @@
 // # How a write invalidates
 //
 //  1. Invalidate deletes the keys (or sets tombstones, Options.TombstoneTTL)
-//     in one pipeline; a deleted or overwritten lease refuses its fill.
+//     in one pipeline of a one-key script that keeps a version floor (see
+//     Versioned mode); a deleted or overwritten lease refuses its fill.
 //     It then bumps the keys' in-process epochs, so Fetch calls that start
 //     later never join a flight that began before.
 //  2. Write invalidates, runs fn, invalidates again (even if fn failed or
@@ -151,8 +159,8 @@
 // A hit costs one GET, a header decode that does not allocate, and the
 // codec's Unmarshal: the same allocations as a raw GET and json.Unmarshal.
 //
-// Every script (lease.lua, fill.lua, bump.lua, versioned_tombstone.lua)
-// touches exactly one key, and
+// Every script (lease.lua, fill.lua, bump.lua, invalidate.lua,
+// versioned_tombstone.lua) touches exactly one key, and
 // multi-key reads and writes are pipelines, so *redis.Client,
 // *redis.ClusterClient and *redis.Ring all work. Only the generation keys
 // carry Options.Prefix; user keys are used as given.

@@ -89,8 +89,8 @@ func (c *Cache) fill(ctx context.Context, key string, prefix, entry []byte, ttl 
 
 // runPipelined runs script once per key in one pipeline; args gives the key
 // and the arguments of call i. Calls that meet an empty script cache are
-// run again one by one with the script's source. It returns every call's
-// command and the first error other than redis.Nil.
+// run again with the script's source, in a second pipeline. It returns
+// every call's command and the first error other than redis.Nil.
 func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Script, n int, args func(i int) (string, []any)) ([]*redis.Cmd, error) {
 	if n == 0 {
 		return nil, nil
@@ -102,13 +102,22 @@ func runPipelined(ctx context.Context, rdb redis.UniversalClient, s *redis.Scrip
 		cmds[i] = s.EvalSha(ctx, pipe, []string{k}, a...)
 	}
 	_, _ = pipe.Exec(ctx)
-	var first error
+	var again redis.Pipeliner
 	for i, cmd := range cmds {
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			if again == nil {
+				again = rdb.Pipeline()
+			}
 			k, a := args(i)
-			cmds[i] = s.Run(ctx, rdb, []string{k}, a...)
+			cmds[i] = s.Eval(ctx, again, []string{k}, a...)
 		}
-		if err := cmds[i].Err(); err != nil && err != redis.Nil && first == nil {
+	}
+	if again != nil {
+		_, _ = again.Exec(ctx)
+	}
+	var first error
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil && err != redis.Nil && first == nil {
 			first = err
 		}
 	}

@@ -51,7 +51,10 @@ func (c *Cache) classify(raw []byte, present bool, g *generation) entry {
 	switch h.kind {
 	case kindTombstone:
 		e.st = stTombstone
-		if h.versioned {
+		// A versioned tombstone filled in the future holds fills off until
+		// then, like a plain one (a plain invalidation over a floor), and
+		// sets its floor after.
+		if h.versioned && h.filled <= nowMs() {
 			e.st = stVersioned
 		}
 		return e

@@ -40,7 +40,9 @@ type KeyVersion struct {
 // versioned_tombstone.lua keeps floors from going down when invalidations
 // arrive out of order (from Write and from the binlog, say): the tombstone
 // it writes carries the highest version among its own and the one recorded
-// in what it replaces.
+// in what it replaces. invalidate.lua, behind Invalidate and Write, keeps the
+// version it replaces as a floor too, so a plain invalidation never lowers
+// one.
 
 var (
 	//go:embed versioned_tombstone.lua

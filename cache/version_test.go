@@ -72,7 +72,7 @@ func (f *fixture) update(id int64, name string, version int64) {
 	require.NoError(f.t, err)
 }
 
-func mustNotLoadItem(t *testing.T) cache.LoaderFunc[item] {
+func mustNotLoadItem(t testing.TB) cache.LoaderFunc[item] {
 	return func(context.Context) (item, error) {
 		t.Error("loader called; the value should have come from Redis")
 		return item{}, errors.New("unexpected load")
@@ -274,4 +274,139 @@ func TestVersionedDeadLeaseIsTakenOverWithItsFloor(t *testing.T) {
 	_, err = cache.Fetch(ctx, c, key, f.fixed(item{1, "b", 2}, nil))
 	require.NoError(t, err)
 	assert.Equal(t, "value", f.kind(key))
+}
+
+// requireFloor asserts that key holds a versioned tombstone at ver.
+func (f *fixture) requireFloor(key string, ver uint64) {
+	f.t.Helper()
+	require.Equal(f.t, "tombstone", f.kind(key))
+	got, ok := cache.VersionOf(f.stored(key))
+	require.True(f.t, ok, "the tombstone carries a version")
+	require.Equal(f.t, ver, got)
+}
+
+// checkFloor asserts that the floor at key is ver: an older fill is
+// refused and leaves the floor, ver itself fills.
+func (f *fixture) checkFloor(c *cache.Cache, key string, ver int64) {
+	f.t.Helper()
+	ctx := context.Background()
+	refused := c.Stats().FillsRefused
+	v, err := cache.Fetch(ctx, c, key, f.fixed(item{1, "old", ver - 1}, nil))
+	require.NoError(f.t, err)
+	require.Equal(f.t, ver-1, v.Version, "the caller gets what it loaded")
+	require.Equal(f.t, refused+1, c.Stats().FillsRefused, "the older row is not stored")
+	f.requireFloor(key, uint64(ver))
+	_, err = cache.Fetch(ctx, c, key, f.fixed(item{1, "new", ver}, nil))
+	require.NoError(f.t, err)
+	require.Equal(f.t, "value", f.kind(key))
+	v, err = cache.Fetch(ctx, c, key, mustNotLoadItem(f.t))
+	require.NoError(f.t, err)
+	require.Equal(f.t, item{1, "new", ver}, v)
+}
+
+func TestPlainInvalidateKeepsFloor(t *testing.T) {
+	ctx := context.Background()
+	f := newItems(t)
+	c := f.cache(nil)
+	key := f.key("item", 1)
+	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	require.NoError(t, c.Invalidate(ctx, key))
+	f.requireFloor(key, 3)
+	ttl := f.rdb.PTTL(ctx, key).Val()
+	assert.Greater(t, ttl, 50*time.Second, "the floor keeps Options.VersionTTL")
+	f.checkFloor(c, key, 3)
+
+	// The value filled at version 3 records it: a plain invalidation of it
+	// (Write's, arriving after the binlog's) leaves that floor.
+	require.NoError(t, c.Invalidate(ctx, key))
+	f.checkFloor(c, key, 3)
+}
+
+func TestPlainInvalidateOverFloorKillsLease(t *testing.T) {
+	ctx := context.Background()
+	f := newItems(t)
+	c := f.cache(nil)
+	key := f.key("item", 1)
+	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	cache.SetHookAfterLoad(c, func(string) {
+		assert.Equal(t, "lease", f.kind(key))
+		assert.NoError(t, c.Invalidate(ctx, key))
+	})
+	v, err := cache.Fetch(ctx, c, key, f.fixed(item{1, "x", 5}, nil))
+	require.NoError(t, err)
+	assert.Equal(t, int64(5), v.Version)
+	assert.Equal(t, uint64(1), c.Stats().FillsRefused, "the lease was replaced")
+	f.requireFloor(key, 3)
+}
+
+func TestPlainInvalidateWithoutFloor(t *testing.T) {
+	ctx := context.Background()
+	f := newItems(t)
+	c := f.cache(nil)
+	zero, plain := f.key("item", 1), f.key("item", 2)
+	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: zero, Version: 0}))
+	_, err := cache.Fetch(ctx, c, plain, f.fixed(item{2, "p", 0}, nil))
+	require.NoError(t, err)
+	require.Equal(t, "value", f.kind(plain))
+	_, ok := cache.VersionOf(f.stored(plain))
+	require.False(t, ok, "version 0 is not recorded")
+	require.NoError(t, c.Invalidate(ctx, zero, plain))
+	assert.Equal(t, int64(0), f.rdb.Exists(ctx, zero, plain).Val(), "a floor of 0 and an unversioned value are deleted")
+
+	ct := f.cache(&cache.Options{TombstoneTTL: time.Minute})
+	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: zero, Version: 0}))
+	require.NoError(t, ct.Invalidate(ctx, zero))
+	assert.Equal(t, "tombstone", f.kind(zero))
+	_, ok = cache.VersionOf(f.stored(zero))
+	assert.False(t, ok, "a plain tombstone")
+}
+
+func TestWriteKeepsFloor(t *testing.T) {
+	ctx := context.Background()
+	f := newItems(t)
+	c := f.cache(nil)
+	key := f.key("item", 1)
+	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	require.NoError(t, c.Write(ctx, []string{key}, func(context.Context) error {
+		f.requireFloor(key, 3)
+		return nil
+	}))
+	f.checkFloor(c, key, 3)
+}
+
+func TestWriteStrongKeepsFloor(t *testing.T) {
+	ctx := context.Background()
+	f := newItems(t)
+	c := f.cache(nil)
+	key := f.key("item", 1)
+	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	require.NoError(t, c.WriteStrong(ctx, []string{key}, func(context.Context) error {
+		f.requireFloor(key, 3)
+		// Until the write is done nothing fills, not even a row at the floor.
+		v, err := cache.Fetch(ctx, c, key, f.fixed(item{1, "during", 3}, nil))
+		require.NoError(t, err)
+		assert.Equal(t, int64(3), v.Version)
+		f.requireFloor(key, 3)
+		return nil
+	}))
+	assert.Equal(t, uint64(0), c.Stats().FillsRefused, "the strong tombstone took no lease")
+	f.checkFloor(c, key, 3)
+}
+
+func TestPlainInvalidateKeepsFloorWithoutScripts(t *testing.T) {
+	ctx := context.Background()
+	f := newItems(t)
+	c := f.cache(nil)
+	keys := []string{f.key("item", 1), f.key("item", 2), f.key("item", 3)}
+	for _, k := range keys {
+		require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: k, Version: 3}))
+	}
+	require.NoError(t, f.rdb.ScriptFlush(ctx).Err())
+	require.NoError(t, c.Invalidate(ctx, keys...))
+	for _, k := range keys {
+		f.requireFloor(k, 3)
+	}
+	require.NoError(t, f.rdb.ScriptFlush(ctx).Err())
+	require.NoError(t, c.Invalidate(ctx, keys[0]))
+	f.requireFloor(keys[0], 3)
 }

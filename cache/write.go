@@ -2,8 +2,11 @@ package cache
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // invalidateChunk bounds the keys sent in one pipeline.
@@ -20,7 +23,19 @@ func (c *Cache) Invalidate(ctx context.Context, keys ...string) error {
 	return c.invalidate(ctx, keys, c.cfg.TombstoneTTL)
 }
 
-// invalidate deletes keys (tomb == 0) or sets tombstones living tomb.
+var (
+	//go:embed invalidate.lua
+	invalidateSrc string
+
+	invalidateScript = redis.NewScript(invalidateSrc)
+)
+
+// invalidate deletes keys (tomb == 0) or sets tombstones living tomb, with
+// invalidate.lua: a key that carries a row version (see InvalidateVersions)
+// gets a versioned tombstone at that version instead, so that a plain
+// invalidation never lowers a floor. That tombstone holds fills off for
+// tomb, like a plain one, and keeps the floor for at least
+// Options.VersionTTL, the life a floor is promised.
 func (c *Cache) invalidate(ctx context.Context, keys []string, tomb time.Duration) error {
 	if len(keys) == 0 {
 		return nil
@@ -28,27 +43,20 @@ func (c *Cache) invalidate(ctx context.Context, keys []string, tomb time.Duratio
 	// New flights only after Redis acknowledged: a flight that started
 	// before could still have read the old row.
 	defer c.bumpEpochs(keys)
-	var stone []byte
+	now := nowMs()
+	stone := []byte{}
 	if tomb > 0 {
-		stone = encodeEntry(header{kind: kindTombstone, filled: nowMs(), ttl: ms(tomb)})
+		stone = encodeEntry(header{kind: kindTombstone, filled: now, ttl: ms(tomb)})
 	}
+	life := max(tomb, c.cfg.VersionTTL)
+	floored := encodeEntry(header{kind: kindTombstone, versioned: true, filled: now + ms(tomb), ttl: ms(life - tomb)})
+	args := []any{stone, max(tomb.Milliseconds(), 1), floored, life.Milliseconds()} // the same for every key
 	for len(keys) > 0 {
 		chunk := keys[:min(len(keys), invalidateChunk)]
 		keys = keys[len(chunk):]
-		var err error
-		if len(chunk) == 1 && stone == nil {
-			err = c.rdb.Del(ctx, chunk[0]).Err()
-		} else {
-			pipe := c.rdb.Pipeline()
-			for _, k := range chunk {
-				if stone != nil {
-					pipe.Set(ctx, k, stone, tomb)
-				} else {
-					pipe.Del(ctx, k)
-				}
-			}
-			_, err = pipe.Exec(ctx)
-		}
+		_, err := runPipelined(ctx, c.rdb, invalidateScript, len(chunk), func(i int) (string, []any) {
+			return chunk[i], args
+		})
 		c.redisResult(ctx, err)
 		if err != nil {
 			return fmt.Errorf("cache: invalidate: %w", err)
