@@ -45,8 +45,9 @@
 //     old row nor a cached not-found is filled before the tombstone expires
 //     (readers still get ErrNotFound from the source). Version 0 means any
 //     value or not-found may fill: it only kills leases.
-//   - A plain Invalidate (and Write's invalidations, and WriteStrong's
-//     tombstones) keeps the floor: over an entry that carries a version
+//   - With Options.KeepVersionFloors (set it in every process that uses
+//     versioned mode), a plain Invalidate (and Write's invalidations, and
+//     WriteStrong's tombstones) keeps the floor: over an entry that carries a version
 //     above 0 it leaves a versioned tombstone at that version, living
 //     Options.VersionTTL (or the plain tombstone's life if longer), instead
 //     of deleting the key. A plain tombstone's life (TombstoneTTL,
@@ -54,7 +55,10 @@
 //     readers load without filling, as under a plain tombstone. So Write
 //     and the binlog invalidator may reach a key in either order. The cost:
 //     a deleted row whose value recorded a version is not cached as
-//     not-found until that tombstone expires (readers load it).
+//     not-found until that tombstone expires (readers load it), and a
+//     script per key instead of a DEL. Without the option, plain
+//     invalidations delete, and one that lands after a versioned tombstone
+//     removes its floor.
 //
 // Processes from before versioned mode read versioned entries as corrupt
 // and replace them, and processes from before the hold fill through it:
@@ -99,8 +103,9 @@
 // # How a write invalidates
 //
 //  1. Invalidate deletes the keys (or sets tombstones, Options.TombstoneTTL)
-//     in one pipeline of a one-key script that keeps a version floor (see
-//     Versioned mode); a deleted or overwritten lease refuses its fill.
+//     in one pipeline (with Options.KeepVersionFloors, of a one-key script
+//     that keeps a version floor, see Versioned mode); a deleted or
+//     overwritten lease refuses its fill.
 //     It then bumps the keys' in-process epochs, so Fetch calls that start
 //     later never join a flight that began before.
 //  2. Write invalidates, runs fn, invalidates again (even if fn failed or

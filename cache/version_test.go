@@ -85,7 +85,7 @@ func mustNotLoadItem(t testing.TB) cache.LoaderFunc[item] {
 func r4(t *testing.T, invalidate func(c *cache.Cache, key string) error) (*fixture, *cache.Cache, string) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	v, err := cache.Fetch(ctx, c, key, f.itemLoader(f.db, 1))
 	require.NoError(t, err)
@@ -144,7 +144,7 @@ func (f *fixture) fixed(it item, err error) cache.LoaderFunc[item] {
 func TestVersionedTombstonesOutOfOrder(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 2}))
@@ -176,7 +176,7 @@ func TestVersionedTombstonesOutOfOrder(t *testing.T) {
 func TestVersionedTombstoneOverLeaseKeepsFloor(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
 	cache.SetHookAfterLoad(c, func(string) {
@@ -196,7 +196,7 @@ func TestVersionedTombstoneOverLeaseKeepsFloor(t *testing.T) {
 func TestVersionedTombstoneNonVersionerNotFilled(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key, key2 := f.key("user", 1), f.key("user", 2)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key}, cache.KeyVersion{Key: key2}))
 	for range 2 {
@@ -219,7 +219,7 @@ func TestVersionedTombstoneNonVersionerNotFilled(t *testing.T) {
 func TestVersionedTombstoneNotFound(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	deleted, absentOK := f.key("item", 7), f.key("item", 8)
 	require.NoError(t, c.InvalidateVersions(ctx,
 		cache.KeyVersion{Key: deleted, Version: 2}, cache.KeyVersion{Key: absentOK, Version: 0}))
@@ -235,7 +235,7 @@ func TestVersionedTombstoneNotFound(t *testing.T) {
 func TestVersionedFetchMany(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	stale, fresh, plain, gone := f.key("item", 1), f.key("item", 2), f.key("item", 3), f.key("item", 4)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: stale, Version: 2},
 		cache.KeyVersion{Key: fresh, Version: 2}, cache.KeyVersion{Key: gone, Version: 2}))
@@ -257,7 +257,7 @@ func TestVersionedFetchMany(t *testing.T) {
 func TestVersionedDeadLeaseIsTakenOverWithItsFloor(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(&cache.Options{LeaseTTL: time.Second})
+	c := f.cache(&cache.Options{LeaseTTL: time.Second, KeepVersionFloors: true})
 	key := f.key("item", 1)
 	// A holder took a lease over a tombstone of version 2 ten seconds ago and
 	// died; the floor lasts another minute.
@@ -307,7 +307,7 @@ func (f *fixture) checkFloor(c *cache.Cache, key string, ver int64) {
 func TestPlainInvalidateKeepsFloor(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
 	require.NoError(t, c.Invalidate(ctx, key))
@@ -325,7 +325,7 @@ func TestPlainInvalidateKeepsFloor(t *testing.T) {
 func TestPlainInvalidateOverFloorKillsLease(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
 	cache.SetHookAfterLoad(c, func(string) {
@@ -342,7 +342,7 @@ func TestPlainInvalidateOverFloorKillsLease(t *testing.T) {
 func TestPlainInvalidateWithoutFloor(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	zero, plain := f.key("item", 1), f.key("item", 2)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: zero, Version: 0}))
 	_, err := cache.Fetch(ctx, c, plain, f.fixed(item{2, "p", 0}, nil))
@@ -353,7 +353,7 @@ func TestPlainInvalidateWithoutFloor(t *testing.T) {
 	require.NoError(t, c.Invalidate(ctx, zero, plain))
 	assert.Equal(t, int64(0), f.rdb.Exists(ctx, zero, plain).Val(), "a floor of 0 and an unversioned value are deleted")
 
-	ct := f.cache(&cache.Options{TombstoneTTL: time.Minute})
+	ct := f.cache(&cache.Options{TombstoneTTL: time.Minute, KeepVersionFloors: true})
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: zero, Version: 0}))
 	require.NoError(t, ct.Invalidate(ctx, zero))
 	assert.Equal(t, "tombstone", f.kind(zero))
@@ -364,7 +364,7 @@ func TestPlainInvalidateWithoutFloor(t *testing.T) {
 func TestWriteKeepsFloor(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
 	require.NoError(t, c.Write(ctx, []string{key}, func(context.Context) error {
@@ -377,7 +377,7 @@ func TestWriteKeepsFloor(t *testing.T) {
 func TestWriteStrongKeepsFloor(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	key := f.key("item", 1)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
 	require.NoError(t, c.WriteStrong(ctx, []string{key}, func(context.Context) error {
@@ -396,7 +396,7 @@ func TestWriteStrongKeepsFloor(t *testing.T) {
 func TestPlainInvalidateKeepsFloorWithoutScripts(t *testing.T) {
 	ctx := context.Background()
 	f := newItems(t)
-	c := f.cache(nil)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
 	keys := []string{f.key("item", 1), f.key("item", 2), f.key("item", 3)}
 	for _, k := range keys {
 		require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: k, Version: 3}))

@@ -30,10 +30,10 @@ var (
 	invalidateScript = redis.NewScript(invalidateSrc)
 )
 
-// invalidate deletes keys (tomb == 0) or sets tombstones living tomb, with
-// invalidate.lua: a key that carries a row version (see InvalidateVersions)
-// gets a versioned tombstone at that version instead, so that a plain
-// invalidation never lowers a floor. That tombstone holds fills off for
+// invalidate deletes keys (tomb == 0) or sets tombstones living tomb. With
+// Options.KeepVersionFloors it does so with invalidate.lua, and a key that
+// carries a row version (see InvalidateVersions) gets a versioned tombstone
+// at that version instead, so that a plain invalidation never lowers a floor. That tombstone holds fills off for
 // tomb, like a plain one, and keeps the floor for at least
 // Options.VersionTTL, the life a floor is promised.
 func (c *Cache) invalidate(ctx context.Context, keys []string, tomb time.Duration) error {
@@ -54,9 +54,14 @@ func (c *Cache) invalidate(ctx context.Context, keys []string, tomb time.Duratio
 	for len(keys) > 0 {
 		chunk := keys[:min(len(keys), invalidateChunk)]
 		keys = keys[len(chunk):]
-		_, err := runPipelined(ctx, c.rdb, invalidateScript, len(chunk), func(i int) (string, []any) {
-			return chunk[i], args
-		})
+		var err error
+		if c.cfg.KeepVersionFloors {
+			_, err = runPipelined(ctx, c.rdb, invalidateScript, len(chunk), func(i int) (string, []any) {
+				return chunk[i], args
+			})
+		} else {
+			err = c.deleteOrBury(ctx, chunk, stone, tomb)
+		}
 		c.redisResult(ctx, err)
 		if err != nil {
 			return fmt.Errorf("cache: invalidate: %w", err)
@@ -179,4 +184,22 @@ func (c *Cache) invalidateLater(keys []string) {
 		}
 	})
 	c.timers[t] = struct{}{}
+}
+
+// deleteOrBury is the plain invalidation of one chunk: DEL, or SET of a
+// plain tombstone, in one pipeline (a lone DEL without one).
+func (c *Cache) deleteOrBury(ctx context.Context, chunk []string, stone []byte, tomb time.Duration) error {
+	if len(chunk) == 1 && tomb <= 0 {
+		return c.rdb.Del(ctx, chunk[0]).Err()
+	}
+	pipe := c.rdb.Pipeline()
+	for _, k := range chunk {
+		if tomb > 0 {
+			pipe.Set(ctx, k, stone, tomb)
+		} else {
+			pipe.Del(ctx, k)
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	return err
 }
