@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -55,16 +54,7 @@ func newFixture(t testing.TB) *fixture {
 // that a test can make several namespaces, and deletes its keys at the end.
 func uniqueBase(t testing.TB) string {
 	base := uniqueBaseNoCleanup()
-	t.Cleanup(func() {
-		c := env.NewRedis(&redis.Options{MaxRetries: -1})
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, base+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-	})
+	t.Cleanup(func() { env.DeleteKeys(base) })
 	return base
 }
 

@@ -177,17 +177,21 @@ func (e *Env) NewDatabase(t testing.TB) (*sql.DB, string) {
 func (e *Env) Prefix(t testing.TB) string {
 	t.Helper()
 	p := "t" + randomHex(5) + ":"
-	t.Cleanup(func() {
-		c := e.NewRedis(&redis.Options{MaxRetries: -1})
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, p+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
-		}
-	})
+	t.Cleanup(func() { e.DeleteKeys(p) })
 	return p
+}
+
+// DeleteKeys deletes every Redis key that starts with prefix, best effort
+// (a stopped server leaves them: it is thrown away anyway).
+func (e *Env) DeleteKeys(prefix string) {
+	c := e.NewRedis(&redis.Options{MaxRetries: -1})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		c.Del(ctx, iter.Val())
+	}
 }
 
 // Faults returns the harness's own servers for fault injection. With
