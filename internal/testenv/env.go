@@ -217,6 +217,7 @@ type Children map[string]ChildFunc
 // When the binary was started by Env.Child it instead runs the named child
 // against the parent's servers and exits.
 func Main(m *testing.M, env **Env, children Children) {
+	quietDrivers()
 	if name := os.Getenv(envChild); name != "" {
 		os.Exit(runChild(name, children))
 	}
@@ -269,4 +270,20 @@ func (e *Env) Child(ctx context.Context, name string, vars ...string) *exec.Cmd 
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr
 	return cmd
+}
+
+// quietLog drops the drivers' own log lines: the fault tests stop servers
+// on purpose, and go-redis and go-sql-driver would print every failed dial.
+// Set CACHEASIDE_DRIVER_LOGS=1 to see them.
+type quietLog struct{}
+
+func (quietLog) Printf(context.Context, string, ...any) {}
+func (quietLog) Print(...any)                           {}
+
+func quietDrivers() {
+	if os.Getenv("CACHEASIDE_DRIVER_LOGS") != "" {
+		return
+	}
+	redis.SetLogger(quietLog{})
+	_ = mysql.SetLogger(quietLog{})
 }
