@@ -19,5 +19,7 @@
 //
 // With CACHEASIDE_MYSQL_DSN and CACHEASIDE_REDIS_ADDR set, the harness uses
 // those servers instead and offers no fault controls. A missing mariadbd or
-// redis-server is an error that says how to install it.
+// redis-server is an error that says how to install it. Main silences the
+// drivers' own logs of failed dials, which the fault tests cause on
+// purpose; CACHEASIDE_DRIVER_LOGS=1 shows them.
 package testenv
