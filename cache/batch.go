@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"errors"
-	"runtime/debug"
 	"time"
 )
 
@@ -174,7 +173,7 @@ func (b *batch[T]) acquire(ctx context.Context) {
 	for i := range b.lease {
 		p := &b.lease[i]
 		var ttl time.Duration
-		p.stamp, ttl = p.fl.lease(header{kind: kindLease, nsGen: p.g.val.Load(), allGen: c.gens.all.val.Load(), filled: now}, c.cfg.LeaseTTL)
+		p.stamp, ttl = p.fl.lease(c.leaseStamp(p.g, now), c.cfg.LeaseTTL)
 		leases[i], ttls[i] = encodeEntry(p.stamp, newToken()), ttl.Milliseconds()
 		if p.seen == nil {
 			p.seen = []byte{}
@@ -220,18 +219,12 @@ func (b *batch[T]) loadAndFill(ctx context.Context) error {
 		keys = append(keys, p.key)
 	}
 	keys = append(keys, b.noFill...)
-	start := time.Now()
-	m, err := callBatch(ctx, c, b.load, keys)
-	dur := time.Since(start)
+	m, dur, err := callBatch(ctx, c, b.load, keys)
 	if err != nil {
 		b.giveBack(ctx)
 		return err
 	}
-	for _, k := range keys {
-		if v, ok := m[k]; ok {
-			b.out[k] = v
-		}
-	}
+	b.keep(m, keys)
 	b.fill(ctx, m, dur)
 	return nil
 }
@@ -352,13 +345,18 @@ func (b *batch[T]) await(ctx context.Context) error {
 	if len(rest) == 0 {
 		return nil
 	}
-	m, err := callBatch(ctx, c, b.load, rest)
-	for _, k := range rest {
+	m, _, err := callBatch(ctx, c, b.load, rest)
+	b.keep(m, rest)
+	return err
+}
+
+// keep puts the values m holds for keys in the result.
+func (b *batch[T]) keep(m map[string]T, keys []string) {
+	for _, k := range keys {
 		if v, ok := m[k]; ok {
 			b.out[k] = v
 		}
 	}
-	return err
 }
 
 // degraded loads keys without Redis.
@@ -370,30 +368,19 @@ func (b *batch[T]) degraded(ctx context.Context, keys []string) error {
 		return err
 	}
 	defer release()
-	m, err := callBatch(ctx, c, b.load, keys)
-	for _, k := range keys {
-		if v, ok := m[k]; ok {
-			b.out[k] = v
-		}
-	}
+	m, _, err := callBatch(ctx, c, b.load, keys)
+	b.keep(m, keys)
 	return err
 }
 
-// callBatch runs a batch loader with Options.LoadTimeout; ErrNotFound means
-// none exists, a panic becomes a *PanicError.
-func callBatch[T any](ctx context.Context, c *Cache, load BatchLoaderFunc[T], keys []string) (m map[string]T, err error) {
-	c.stats.loads.Add(1)
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
-	defer cancel()
-	defer func() {
-		if r := recover(); r != nil {
-			m, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
-			c.log.Error("cache: loader panicked", "panic", r)
-		}
-	}()
-	m, err = load(ctx, keys)
+// callBatch runs a batch loader through call (Options.LoadTimeout, a panic
+// becomes a *PanicError) and returns how long it ran; ErrNotFound means
+// none exists.
+func callBatch[T any](ctx context.Context, c *Cache, load BatchLoaderFunc[T], keys []string) (map[string]T, time.Duration, error) {
+	v, dur, err := c.call(ctx, func(ctx context.Context) (any, error) { return load(ctx, keys) })
 	if errors.Is(err, ErrNotFound) {
-		return nil, nil
+		return nil, dur, nil
 	}
-	return m, err
+	m, _ := v.(map[string]T)
+	return m, dur, err
 }

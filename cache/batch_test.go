@@ -100,12 +100,7 @@ func TestFetchManyWaitsForAnotherProcess(t *testing.T) {
 	cache.SetHookBeforeFill(holder, func(string) { close(loaded); <-resume })
 	var once sync.Once
 	cache.SetHookLeaseWaited(batcher, func(string) { once.Do(func() { close(resume) }) })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, err := cache.Fetch(ctx, holder, k1, f.loader(1))
-		assert.NoError(t, err)
-	}()
+	done := f.goFetch(ctx, holder, k1, 1)
 	<-loaded // holder has k1's lease
 	m, err := cache.FetchMany(ctx, batcher, []string{k1, k2}, bl.load)
 	require.NoError(t, err)

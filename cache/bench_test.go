@@ -53,6 +53,64 @@ func benchClients(b *testing.B) (*cache.Cache, *redis.Client, string) {
 	return c, env.RedisClient(b), base
 }
 
+// setRaw stores, for the raw client's side of a comparison, the JSON of
+// profile first+i at keys[i], for an hour, in one pipeline.
+func setRaw(b *testing.B, rdb *redis.Client, first int64, keys ...string) {
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	for i, k := range keys {
+		data, _ := json.Marshal(newProfile(first + int64(i)))
+		pipe.Set(ctx, k, data, time.Hour)
+	}
+	_, err := pipe.Exec(ctx)
+	require.NoError(b, err)
+}
+
+// rawGet is the raw client's read of one profile: GET and json.Unmarshal.
+func rawGet(ctx context.Context, rdb *redis.Client, key string) (profile, error) {
+	var p profile
+	data, err := rdb.Get(ctx, key).Bytes()
+	if err == nil {
+		err = json.Unmarshal(data, &p)
+	}
+	return p, err
+}
+
+// rawMGet is the raw client's read of many profiles: MGET and
+// json.Unmarshal of each value into a map.
+func rawMGet(ctx context.Context, rdb *redis.Client, keys []string) (map[string]profile, error) {
+	vals, err := rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]profile, len(keys))
+	for i, v := range vals {
+		var p profile
+		if err := json.Unmarshal([]byte(v.(string)), &p); err != nil {
+			return nil, err
+		}
+		m[keys[i]] = p
+	}
+	return m, nil
+}
+
+// profilesLoader is a batch loader of profiles numbered by position.
+func profilesLoader(_ context.Context, keys []string) (map[string]profile, error) {
+	m := make(map[string]profile, len(keys))
+	for i, k := range keys {
+		m[k] = newProfile(int64(i))
+	}
+	return m, nil
+}
+
+// reportVsRaw reports the means of the alternated Fetch and raw reads of a
+// VsRaw benchmark and their ratio.
+func reportVsRaw(b *testing.B, fetchNs, rawNs time.Duration) {
+	b.ReportMetric(float64(fetchNs.Nanoseconds())/float64(b.N), "fetch-ns/op")
+	b.ReportMetric(float64(rawNs.Nanoseconds())/float64(b.N), "raw-ns/op")
+	b.ReportMetric(float64(fetchNs)/float64(rawNs), "fetch/raw")
+}
+
 func BenchmarkFetchHit(b *testing.B) {
 	c, _, base := benchClients(b)
 	ctx := context.Background()
@@ -72,16 +130,10 @@ func BenchmarkRawGetJSON(b *testing.B) {
 	_, rdb, base := benchClients(b)
 	ctx := context.Background()
 	key := base + "raw:1"
-	data, _ := json.Marshal(newProfile(1))
-	require.NoError(b, rdb.Set(ctx, key, data, time.Hour).Err())
+	setRaw(b, rdb, 1, key)
 	b.ReportAllocs()
 	for b.Loop() {
-		data, err := rdb.Get(ctx, key).Bytes()
-		var p profile
-		if err == nil {
-			err = json.Unmarshal(data, &p)
-		}
-		if err != nil || p.ID != 1 {
+		if p, err := rawGet(ctx, rdb, key); err != nil || p.ID != 1 {
 			b.Fatal(p, err)
 		}
 	}
@@ -109,17 +161,11 @@ func BenchmarkRawGetJSONParallel(b *testing.B) {
 	_, rdb, base := benchClients(b)
 	ctx := context.Background()
 	key := base + "raw:1"
-	data, _ := json.Marshal(newProfile(1))
-	require.NoError(b, rdb.Set(ctx, key, data, time.Hour).Err())
+	setRaw(b, rdb, 1, key)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			data, err := rdb.Get(ctx, key).Bytes()
-			var p profile
-			if err == nil {
-				err = json.Unmarshal(data, &p)
-			}
-			if err != nil || p.ID != 1 {
+			if p, err := rawGet(ctx, rdb, key); err != nil || p.ID != 1 {
 				b.Error(p, err)
 				return
 			}
@@ -137,8 +183,7 @@ func BenchmarkFetchHitVsRaw(b *testing.B) {
 	load := profileLoader(1)
 	_, err := cache.Fetch(ctx, c, key, load)
 	require.NoError(b, err)
-	data, _ := json.Marshal(newProfile(1))
-	require.NoError(b, rdb.Set(ctx, rawKey, data, time.Hour).Err())
+	setRaw(b, rdb, 1, rawKey)
 	var fetchNs, rawNs time.Duration
 	for b.Loop() {
 		t0 := time.Now()
@@ -147,11 +192,7 @@ func BenchmarkFetchHitVsRaw(b *testing.B) {
 		if err != nil || p.ID != 1 {
 			b.Fatal(p, err)
 		}
-		data, err := rdb.Get(ctx, rawKey).Bytes()
-		var q profile
-		if err == nil {
-			err = json.Unmarshal(data, &q)
-		}
+		q, err := rawGet(ctx, rdb, rawKey)
 		t2 := time.Now()
 		if err != nil || q.ID != 1 {
 			b.Fatal(q, err)
@@ -159,9 +200,7 @@ func BenchmarkFetchHitVsRaw(b *testing.B) {
 		fetchNs += t1.Sub(t0)
 		rawNs += t2.Sub(t1)
 	}
-	b.ReportMetric(float64(fetchNs.Nanoseconds())/float64(b.N), "fetch-ns/op")
-	b.ReportMetric(float64(rawNs.Nanoseconds())/float64(b.N), "raw-ns/op")
-	b.ReportMetric(float64(fetchNs)/float64(rawNs), "fetch/raw")
+	reportVsRaw(b, fetchNs, rawNs)
 }
 
 const batchSize = 100
@@ -178,13 +217,7 @@ func BenchmarkFetchManyHit(b *testing.B) {
 	c, _, base := benchClients(b)
 	ctx := context.Background()
 	keys := batchKeys(base, "user")
-	load := func(_ context.Context, ks []string) (map[string]profile, error) {
-		m := make(map[string]profile, len(ks))
-		for i, k := range ks {
-			m[k] = newProfile(int64(i))
-		}
-		return m, nil
-	}
+	load := profilesLoader
 	_, err := cache.FetchMany(ctx, c, keys, load)
 	require.NoError(b, err)
 	b.ReportAllocs()
@@ -199,26 +232,11 @@ func BenchmarkRawMGetJSON(b *testing.B) {
 	_, rdb, base := benchClients(b)
 	ctx := context.Background()
 	keys := batchKeys(base, "raw")
-	pipe := rdb.Pipeline()
-	for i, k := range keys {
-		data, _ := json.Marshal(newProfile(int64(i)))
-		pipe.Set(ctx, k, data, time.Hour)
-	}
-	_, err := pipe.Exec(ctx)
-	require.NoError(b, err)
+	setRaw(b, rdb, 0, keys...)
 	b.ReportAllocs()
 	for b.Loop() {
-		vals, err := rdb.MGet(ctx, keys...).Result()
-		if err != nil {
+		if _, err := rawMGet(ctx, rdb, keys); err != nil {
 			b.Fatal(err)
-		}
-		m := make(map[string]profile, len(keys))
-		for i, v := range vals {
-			var p profile
-			if err := json.Unmarshal([]byte(v.(string)), &p); err != nil {
-				b.Fatal(err)
-			}
-			m[keys[i]] = p
 		}
 	}
 }
@@ -229,22 +247,10 @@ func BenchmarkFetchManyHitVsRaw(b *testing.B) {
 	c, rdb, base := benchClients(b)
 	ctx := context.Background()
 	keys, rawKeys := batchKeys(base, "user"), batchKeys(base, "raw")
-	load := func(_ context.Context, ks []string) (map[string]profile, error) {
-		m := make(map[string]profile, len(ks))
-		for i, k := range ks {
-			m[k] = newProfile(int64(i))
-		}
-		return m, nil
-	}
+	load := profilesLoader
 	_, err := cache.FetchMany(ctx, c, keys, load)
 	require.NoError(b, err)
-	pipe := rdb.Pipeline()
-	for i, k := range rawKeys {
-		data, _ := json.Marshal(newProfile(int64(i)))
-		pipe.Set(ctx, k, data, time.Hour)
-	}
-	_, err = pipe.Exec(ctx)
-	require.NoError(b, err)
+	setRaw(b, rdb, 0, rawKeys...)
 	var fetchNs, rawNs time.Duration
 	for b.Loop() {
 		t0 := time.Now()
@@ -253,25 +259,15 @@ func BenchmarkFetchManyHitVsRaw(b *testing.B) {
 		if err != nil || len(m) != batchSize {
 			b.Fatal(len(m), err)
 		}
-		vals, err := rdb.MGet(ctx, rawKeys...).Result()
+		_, err = rawMGet(ctx, rdb, rawKeys)
+		t2 := time.Now()
 		if err != nil {
 			b.Fatal(err)
 		}
-		raw := make(map[string]profile, len(rawKeys))
-		for i, v := range vals {
-			var p profile
-			if err := json.Unmarshal([]byte(v.(string)), &p); err != nil {
-				b.Fatal(err)
-			}
-			raw[rawKeys[i]] = p
-		}
-		t2 := time.Now()
 		fetchNs += t1.Sub(t0)
 		rawNs += t2.Sub(t1)
 	}
-	b.ReportMetric(float64(fetchNs.Nanoseconds())/float64(b.N), "fetch-ns/op")
-	b.ReportMetric(float64(rawNs.Nanoseconds())/float64(b.N), "raw-ns/op")
-	b.ReportMetric(float64(fetchNs)/float64(rawNs), "fetch/raw")
+	reportVsRaw(b, fetchNs, rawNs)
 }
 
 // BenchmarkStampede is one cold key read at once by 4 Cache instances (as
@@ -357,19 +353,10 @@ func wakeAll(n int) []time.Duration {
 	return after
 }
 
-// invalidateKeys returns 100 keys under base.
-func invalidateKeys(base string) []string {
-	keys := make([]string, 100)
-	for i := range keys {
-		keys[i] = base + "user:" + strconv.Itoa(i)
-	}
-	return keys
-}
-
 func BenchmarkInvalidate100Keys(b *testing.B) {
 	c, _, base := benchClients(b)
 	ctx := context.Background()
-	keys := invalidateKeys(base)
+	keys := batchKeys(base, "user")
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := c.Invalidate(ctx, keys...); err != nil {
@@ -381,7 +368,7 @@ func BenchmarkInvalidate100Keys(b *testing.B) {
 func BenchmarkRawDel100Keys(b *testing.B) {
 	_, rdb, base := benchClients(b)
 	ctx := context.Background()
-	keys := invalidateKeys(base)
+	keys := batchKeys(base, "user")
 	b.ReportAllocs()
 	for b.Loop() {
 		pipe := rdb.Pipeline()

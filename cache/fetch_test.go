@@ -254,12 +254,7 @@ func TestLeaseWaitIsBounded(t *testing.T) {
 	key := f.key("user", 1)
 	loaded, resume := make(chan struct{}), make(chan struct{})
 	cache.SetHookAfterLoad(holder, func(string) { close(loaded); <-resume })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, err := cache.Fetch(ctx, holder, key, f.loader(1))
-		assert.NoError(t, err)
-	}()
+	done := f.goFetch(ctx, holder, key, 1)
 	<-loaded // the holder's lease stays for a minute
 	u, err := cache.Fetch(ctx, waiter, key, f.loader(1))
 	require.NoError(t, err)
@@ -280,12 +275,7 @@ func TestLeaseWaiterGetsTheFill(t *testing.T) {
 	cache.SetHookBeforeFill(holder, func(string) { close(loaded); <-resume })
 	var once sync.Once
 	cache.SetHookLeaseWaited(waiter, func(string) { once.Do(func() { close(resume) }) })
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, err := cache.Fetch(ctx, holder, key, f.loader(1))
-		assert.NoError(t, err)
-	}()
+	done := f.goFetch(ctx, holder, key, 1)
 	<-loaded
 	u, err := cache.Fetch(ctx, waiter, key, mustNotLoad(t))
 	require.NoError(t, err)

@@ -134,7 +134,7 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 		if time.Now().After(deadline) || (fl.on && !f.versioner) {
 			return f.loadOnly(ctx)
 		}
-		stamp, ttl := fl.lease(header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: nowMs()}, c.cfg.LeaseTTL)
+		stamp, ttl := fl.lease(c.leaseStamp(f.g, nowMs()), c.cfg.LeaseTTL)
 		lease := encodeEntry(stamp, newToken())
 		f.before(lease)
 		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl, false)
@@ -164,7 +164,7 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
 	c := f.c
 	now := nowMs()
-	stamp := header{kind: kindLease, nsGen: f.g.val.Load(), allGen: c.gens.all.val.Load(), filled: now}
+	stamp := c.leaseStamp(f.g, now)
 	lh := e.h
 	lh.kind = kindRefresh
 	prefix := append(appendHeader(nil, lh), newToken()...)

@@ -70,6 +70,13 @@ func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl
 	return false, nil, false, fmt.Errorf("cache: lease script returned %T", res)
 }
 
+// leaseStamp returns the header of a lease on a key of namespace generation
+// g taken at now (Unix ms): it carries the generations known now, so that a
+// bump during the load makes the fill stale.
+func (c *Cache) leaseStamp(g *generation, now uint64) header {
+	return header{kind: kindLease, nsGen: g.val.Load(), allGen: c.gens.all.val.Load(), filled: now}
+}
+
 // detach returns a context for a lease or fill request that must be
 // completed even if the caller has left (a lease left behind holds other
 // processes back until it expires), bounded by LeaseTTL.

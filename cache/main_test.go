@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/cacheaside/cacheaside/cache"
@@ -141,6 +142,19 @@ func (f *fixture) loader(id int64) cache.LoaderFunc[user] {
 		f.loads.Add(1)
 		return f.query(ctx, id)
 	}
+}
+
+// goFetch runs Fetch of key on c with loader(id) in a goroutine that
+// asserts it succeeds, and returns a channel that yields its user when it
+// returns.
+func (f *fixture) goFetch(ctx context.Context, c *cache.Cache, key string, id int64) <-chan user {
+	done := make(chan user, 1)
+	go func() {
+		u, err := cache.Fetch(ctx, c, key, f.loader(id))
+		assert.NoError(f.t, err)
+		done <- u
+	}()
+	return done
 }
 
 func (f *fixture) query(ctx context.Context, id int64) (user, error) {

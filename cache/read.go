@@ -140,14 +140,7 @@ func (c *Cache) mget(ctx context.Context, keys []string, gs []*generation) ([]va
 	}
 	vals := make([]value, len(keys))
 	if c.single && len(claimed) == 0 {
-		res, err := c.rdb.MGet(ctx, keys...).Result()
-		if err != nil {
-			return nil, err
-		}
-		for i, r := range res {
-			vals[i] = valueOf(r)
-		}
-		return vals, nil
+		return valuesOf(c.rdb.MGet(ctx, keys...), vals)
 	}
 	pipe := c.rdb.Pipeline()
 	var mget *redis.SliceCmd
@@ -166,14 +159,7 @@ func (c *Cache) mget(ctx context.Context, keys []string, gs []*generation) ([]va
 		return nil, err
 	}
 	if mget != nil {
-		res, err := mget.Result()
-		if err != nil {
-			return nil, err
-		}
-		for i, r := range res {
-			vals[i] = valueOf(r)
-		}
-		return vals, nil
+		return valuesOf(mget, vals)
 	}
 	for i, g := range gets {
 		b, ok, err := bytesOf(g)
@@ -181,6 +167,18 @@ func (c *Cache) mget(ctx context.Context, keys []string, gs []*generation) ([]va
 			return nil, err
 		}
 		vals[i] = value{b, ok}
+	}
+	return vals, nil
+}
+
+// valuesOf fills vals from the reply of an MGET of as many keys.
+func valuesOf(mget *redis.SliceCmd, vals []value) ([]value, error) {
+	res, err := mget.Result()
+	if err != nil {
+		return nil, err
+	}
+	for i, r := range res {
+		vals[i] = valueOf(r)
 	}
 	return vals, nil
 }

@@ -133,6 +133,16 @@ func TestR4VersionedTombstoneRefusesLaggingFill(t *testing.T) {
 	assert.Equal(t, uint64(1), c.Stats().FillsRefused)
 }
 
+// floored returns a fixture with items, a Cache with KeepVersionFloors and
+// the key of item 1, which holds a versioned tombstone at ver.
+func floored(t *testing.T, ver int64) (*fixture, *cache.Cache, string) {
+	f := newItems(t)
+	c := f.cache(&cache.Options{KeepVersionFloors: true})
+	key := f.key("item", 1)
+	require.NoError(t, c.InvalidateVersions(context.Background(), cache.KeyVersion{Key: key, Version: ver}))
+	return f, c, key
+}
+
 // fixed is a loader returning it, counting its calls.
 func (f *fixture) fixed(it item, err error) cache.LoaderFunc[item] {
 	return func(context.Context) (item, error) {
@@ -143,10 +153,7 @@ func (f *fixture) fixed(it item, err error) cache.LoaderFunc[item] {
 
 func TestVersionedTombstonesOutOfOrder(t *testing.T) {
 	ctx := context.Background()
-	f := newItems(t)
-	c := f.cache(&cache.Options{KeepVersionFloors: true})
-	key := f.key("item", 1)
-	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	f, c, key := floored(t, 3)
 	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 2}))
 	ver, ok := cache.VersionOf(f.stored(key))
 	require.True(t, ok)
@@ -175,10 +182,7 @@ func TestVersionedTombstonesOutOfOrder(t *testing.T) {
 
 func TestVersionedTombstoneOverLeaseKeepsFloor(t *testing.T) {
 	ctx := context.Background()
-	f := newItems(t)
-	c := f.cache(&cache.Options{KeepVersionFloors: true})
-	key := f.key("item", 1)
-	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	f, c, key := floored(t, 3)
 	cache.SetHookAfterLoad(c, func(string) {
 		assert.Equal(t, "lease", f.kind(key))
 		// A late, lower invalidation arrives while the lease (floor 3) loads.
@@ -306,10 +310,7 @@ func (f *fixture) checkFloor(c *cache.Cache, key string, ver int64) {
 
 func TestPlainInvalidateKeepsFloor(t *testing.T) {
 	ctx := context.Background()
-	f := newItems(t)
-	c := f.cache(&cache.Options{KeepVersionFloors: true})
-	key := f.key("item", 1)
-	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	f, c, key := floored(t, 3)
 	require.NoError(t, c.Invalidate(ctx, key))
 	f.requireFloor(key, 3)
 	ttl := f.rdb.PTTL(ctx, key).Val()
@@ -324,10 +325,7 @@ func TestPlainInvalidateKeepsFloor(t *testing.T) {
 
 func TestPlainInvalidateOverFloorKillsLease(t *testing.T) {
 	ctx := context.Background()
-	f := newItems(t)
-	c := f.cache(&cache.Options{KeepVersionFloors: true})
-	key := f.key("item", 1)
-	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	f, c, key := floored(t, 3)
 	cache.SetHookAfterLoad(c, func(string) {
 		assert.Equal(t, "lease", f.kind(key))
 		assert.NoError(t, c.Invalidate(ctx, key))
@@ -363,10 +361,7 @@ func TestPlainInvalidateWithoutFloor(t *testing.T) {
 
 func TestWriteKeepsFloor(t *testing.T) {
 	ctx := context.Background()
-	f := newItems(t)
-	c := f.cache(&cache.Options{KeepVersionFloors: true})
-	key := f.key("item", 1)
-	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	f, c, key := floored(t, 3)
 	require.NoError(t, c.Write(ctx, []string{key}, func(context.Context) error {
 		f.requireFloor(key, 3)
 		return nil
@@ -376,10 +371,7 @@ func TestWriteKeepsFloor(t *testing.T) {
 
 func TestWriteStrongKeepsFloor(t *testing.T) {
 	ctx := context.Background()
-	f := newItems(t)
-	c := f.cache(&cache.Options{KeepVersionFloors: true})
-	key := f.key("item", 1)
-	require.NoError(t, c.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 3}))
+	f, c, key := floored(t, 3)
 	require.NoError(t, c.WriteStrong(ctx, []string{key}, func(context.Context) error {
 		f.requireFloor(key, 3)
 		// Until the write is done nothing fills, not even a row at the floor.
