@@ -16,15 +16,16 @@ import (
 type stmtClass int
 
 const (
-	stmtChange   stmtClass = iota // table changes (DDL, statement DML, unknown)
-	stmtBegin                     // BEGIN, XA START
-	stmtCommit                    // COMMIT
-	stmtRollback                  // ROLLBACK (the whole transaction)
-	stmtIgnore                    // changes no table data: GRANT, SAVEPOINT, FLUSH, ...
+	stmtChange      stmtClass = iota // table changes (DDL, statement DML, unknown)
+	stmtChangeBegin                  // a stmtChange that opens a transaction (see changeClass)
+	stmtBegin                        // BEGIN, XA START
+	stmtCommit                       // COMMIT
+	stmtRollback                     // ROLLBACK (the whole transaction)
+	stmtIgnore                       // changes no table data: GRANT, SAVEPOINT, FLUSH, ...
 )
 
 // classify reads query, run with default database schema, and returns its
-// class and, for stmtChange, the tables it changes.
+// class and, for stmtChange and stmtChangeBegin, the tables it changes.
 func classify(schema, query string) (stmtClass, []TableChange) {
 	t, truncated := tokenize(query, 64)
 	if len(t) == 0 {
@@ -57,7 +58,7 @@ func classify(schema, query string) (stmtClass, []TableChange) {
 	case "SELECT", "DO":
 		// Logged only when a stored function it calls changed data, which
 		// may be in any table of any schema.
-		return stmtChange, []TableChange{{Kind: Unknown, Query: query}}
+		return changeClass(query), []TableChange{{Kind: Unknown, Query: query}}
 	}
 	switch kw(0) {
 	case "DROP", "CREATE", "ALTER", "RENAME", "TRUNCATE", "REPAIR":
@@ -67,7 +68,25 @@ func classify(schema, query string) (stmtClass, []TableChange) {
 		}
 	}
 	p := &parser{toks: t, schema: schema, query: query, truncated: truncated}
-	return p.statement()
+	class, changes := p.statement()
+	if class == stmtChange {
+		class = changeClass(query)
+	}
+	return class, changes
+}
+
+// changeClass is stmtChangeBegin for a statement that ends with START
+// TRANSACTION, and stmtChange otherwise. MySQL 8.0.21+ logs CREATE TABLE
+// ... SELECT as a DDL ending in START TRANSACTION, then the rows and an
+// XID, all under one GTID: ending the transaction at the DDL would
+// checkpoint past its rows.
+func changeClass(query string) stmtClass {
+	q := strings.TrimRight(query, " \t\r\n;")
+	const tail = "START TRANSACTION"
+	if len(q) >= len(tail) && strings.EqualFold(q[len(q)-len(tail):], tail) {
+		return stmtChangeBegin
+	}
+	return stmtChange
 }
 
 type token struct {

@@ -53,6 +53,7 @@ func TestClassify(t *testing.T) {
 		{"ALTER TABLE t ADD x INT, RENAME TO u", stmtChange, []ch{{"db", "t", Alter}, {"db", "u", Rename}}},
 		{"ALTER TABLE t RENAME AS s.u", stmtChange, []ch{{"db", "t", Alter}, {"s", "u", Rename}}},
 		{"CREATE TABLE t (id INT)", stmtChange, []ch{{"db", "t", Create}}},
+		{"CREATE TABLE t (id INT) SELECT 1 AS id START TRANSACTION", stmtChangeBegin, []ch{{"db", "t", Create}}},
 		{"CREATE OR REPLACE TEMPORARY TABLE IF NOT EXISTS s.t LIKE u", stmtChange, []ch{{"s", "t", Create}}},
 		{"/*!40101 CREATE TABLE t2 (id INT) */", stmtChange, []ch{{"db", "t2", Create}}},
 		{"CREATE UNIQUE INDEX ix ON t (a)", stmtChange, []ch{{"db", "t", Alter}}},

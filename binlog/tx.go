@@ -3,10 +3,8 @@ package binlog
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 )
 
@@ -169,10 +167,10 @@ func (a *assembler) handle(ctx context.Context, ev *replication.BinlogEvent) err
 		a.inTx = !a.alone
 	case *replication.GTIDEvent:
 		a.abandon()
-		a.mysqlGTID(e.SID, e.Tag, e.GNO)
+		a.gtid.pendingMy = sidGTID(e.SID, e.Tag, e.GNO)
 	case *replication.GtidTaggedLogEvent:
 		a.abandon()
-		a.mysqlGTID(e.SID, e.Tag, e.GNO)
+		a.gtid.pendingMy = sidGTID(e.SID, e.Tag, e.GNO)
 	case *replication.QueryEvent:
 		return a.query(ctx, ev.Header, e)
 	case *replication.XIDEvent:
@@ -181,9 +179,7 @@ func (a *assembler) handle(ctx context.Context, ev *replication.BinlogEvent) err
 		// A statement-logged LOAD DATA: its table is in a query text that
 		// this event does not carry decoded, so the whole server may differ.
 		a.changes = append(a.changes, TableChange{Kind: Unknown, Query: "LOAD DATA"})
-		if !a.inTx {
-			return a.commit(ctx, ev.Header)
-		}
+		return a.endStatement(ctx, ev.Header)
 	case *replication.RowsEvent:
 		return a.rowsEvent(ctx, ev.Header, e)
 	case *replication.TransactionPayloadEvent:
@@ -207,10 +203,6 @@ func (a *assembler) handle(ctx context.Context, ev *replication.BinlogEvent) err
 	return nil
 }
 
-func (a *assembler) mysqlGTID(sid []byte, tag mysql.Tag, gno int64) {
-	a.gtid.pendingMy = sidGTID(sid, tag, gno)
-}
-
 // abandon drops a transaction that never ended; servers do not write one,
 // but a new group must not inherit its rows.
 func (a *assembler) abandon() {
@@ -228,25 +220,27 @@ func (a *assembler) query(ctx context.Context, h *replication.EventHeader, e *re
 		return a.commit(ctx, h)
 	case stmtRollback:
 		return a.rollback(ctx, h)
-	case stmtChange:
+	case stmtChange, stmtChangeBegin:
 		a.dec.forget(changes)
 		for _, c := range changes {
 			if c.Schema == "" || a.include(c.Schema, c.Table) {
 				a.changes = append(a.changes, c)
 			}
 		}
-		if opensTransaction(string(e.Query)) {
-			// MySQL 8.0.21+ logs CREATE TABLE ... SELECT as a DDL ending in
-			// START TRANSACTION, then the rows and an XID, all under one GTID:
-			// ending the transaction here would checkpoint past its rows.
-			a.inTx = true
-			return nil
+		if class == stmtChangeBegin {
+			a.inTx = true // its rows and XID follow under the same GTID
 		}
 	}
+	return a.endStatement(ctx, h)
+}
+
+// endStatement follows a statement: outside BEGIN it is its own
+// transaction, inside one the transaction goes on.
+func (a *assembler) endStatement(ctx context.Context, h *replication.EventHeader) error {
 	if a.inTx {
 		return nil
 	}
-	return a.commit(ctx, h) // a statement outside BEGIN is its own transaction
+	return a.commit(ctx, h)
 }
 
 func (a *assembler) rowsEvent(ctx context.Context, h *replication.EventHeader, e *replication.RowsEvent) error {
@@ -306,12 +300,4 @@ func (a *assembler) commit(ctx context.Context, h *replication.EventHeader) erro
 
 func eventTime(h *replication.EventHeader) time.Time {
 	return time.Unix(int64(h.Timestamp), 0).UTC()
-}
-
-// opensTransaction reports whether a logged DDL statement ends with START
-// TRANSACTION, so that the rows after it belong to it.
-func opensTransaction(q string) bool {
-	q = strings.TrimRight(q, " \t\r\n;")
-	const tail = "START TRANSACTION"
-	return len(q) >= len(tail) && strings.EqualFold(q[len(q)-len(tail):], tail)
 }

@@ -50,23 +50,21 @@ func (c *column) value(v any) any {
 			}
 			return "" // 0 is the empty string MySQL stores for an invalid value
 		}
-	case kSet:
-		if i, ok := v.(int64); ok && c.values != nil {
-			var parts []string
-			for b, name := range c.values {
-				if i&(1<<uint(b)) != 0 {
-					parts = append(parts, name)
-				}
+	case kSet, kBit:
+		i, ok := v.(int64)
+		if !ok {
+			break
+		}
+		if c.values == nil {
+			return uint64(i) // BIT, or a SET whose names are unknown
+		}
+		var parts []string
+		for b, name := range c.values {
+			if i&(1<<uint(b)) != 0 {
+				parts = append(parts, name)
 			}
-			return strings.Join(parts, ",")
 		}
-		if i, ok := v.(int64); ok {
-			return uint64(i)
-		}
-	case kBit:
-		if i, ok := v.(int64); ok {
-			return uint64(i)
-		}
+		return strings.Join(parts, ",")
 	}
 	return v
 }
