@@ -142,27 +142,29 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 	if err := f.rdb.SetBit(ctx, bm, int64(v.m-1), 0).Err(); err != nil {
 		return fmt.Errorf("bloom: build %s: %w", f.key, err)
 	}
+	// Until the swap, every way out abandons v.
+	swapped := false
+	defer func() {
+		if !swapped {
+			f.cleanup(ctx, v)
+		}
+	}()
 	res, err := beginScript.Run(ctx, f.rdb, []string{f.key}, v.spec, format, f.opts.BuildTimeout.Milliseconds(), boolArg(warm)).StringSlice()
 	if err != nil || len(res) != 2 {
-		f.cleanup(ctx, v)
 		return fmt.Errorf("bloom: build %s: begin: %v %w", f.key, res, err)
 	}
 	switch res[0] {
 	case "ok":
 	case "current":
-		f.cleanup(ctx, v)
 		return nil
 	case "busy":
-		f.cleanup(ctx, v)
 		if warm {
 			return nil
 		}
 		return fmt.Errorf("%w: %s builds version %s", ErrBuilding, f.key, res[1])
 	case "format":
-		f.cleanup(ctx, v)
 		return &MismatchError{Key: f.key, Format: res[1]}
 	default:
-		f.cleanup(ctx, v)
 		return fmt.Errorf("bloom: build %s: begin: %q", f.key, res[0])
 	}
 	if stale, ok := parseVersion(res[1]); ok {
@@ -179,18 +181,16 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 				err = fmt.Errorf("%w: %s: version %d was replaced before it was done", ErrBuilding, f.key, v.id)
 			}
 		}
-		f.cleanup(ctx, v)
 		return err
 	}
 	res, err = swapScript.Run(ctx, f.rdb, []string{f.key}, v.spec).StringSlice()
 	if err != nil || len(res) != 3 {
-		f.cleanup(ctx, v)
 		return fmt.Errorf("bloom: build %s: swap: %v %w", f.key, res, err)
 	}
 	if res[0] != "ok" {
-		f.cleanup(ctx, v)
 		return fmt.Errorf("%w: %s: version %d was replaced before it was done", ErrBuilding, f.key, v.id)
 	}
+	swapped = true
 	if _, err := f.reloadParams(ctx); err != nil {
 		f.state.Store(nil)
 	}

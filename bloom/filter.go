@@ -209,7 +209,7 @@ func (f *Filter) MayContain(ctx context.Context, key string) bool {
 		}
 	}
 	st, err := f.params(ctx)
-	if err != nil || !st.usable {
+	if err != nil || !st.usable() {
 		return f.failOpen()
 	}
 	v := st.cur
@@ -279,8 +279,9 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 	if !st.readable() {
 		return st.err
 	}
+	targets := st.targets()
 	var missed []*version
-	for _, v := range st.targets() {
+	for _, v := range targets {
 		if !containsVersion(known, v) {
 			missed = append(missed, v)
 		}
@@ -293,7 +294,7 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 		gone = append(gone, g...)
 	}
 	for _, v := range gone {
-		if !containsVersion(st.targets(), v) {
+		if !containsVersion(targets, v) {
 			continue // dropped by a rebuild, which told the local copies
 		}
 		// A listed bitmap is missing (deleted by hand, or lost with Redis
@@ -304,14 +305,14 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 		}
 		break
 	}
-	if len(st.targets()) > 0 {
+	if len(targets) > 0 {
 		f.stats.added.Add(uint64(len(keys)))
 	}
 	if f.local.Load() != nil {
 		// Under reloadMu: a reload that read the bitmap before our write
 		// must not replace the copy after we added to it.
 		f.reloadMu.Lock()
-		if lc := f.local.Load(); lc != nil && containsVersion(st.targets(), lc.v) {
+		if lc := f.local.Load(); lc != nil && containsVersion(targets, lc.v) {
 			lc.add(keys)
 		} else if lc != nil {
 			// The copy's version is no longer listed: Run has not caught up
@@ -320,7 +321,7 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 		}
 		f.reloadMu.Unlock()
 	}
-	for _, v := range st.targets() {
+	for _, v := range targets {
 		if v.hash != HashVersion {
 			return &MismatchError{Key: f.key, Stored: v.params(), Configured: f.own}
 		}
@@ -429,12 +430,8 @@ func (f *Filter) Delete(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bloom: delete %s: %w", f.key, err)
 	}
-	var keys []string
 	for _, v := range st.targets() {
-		keys = append(keys, f.bitmapKey(v.id))
-	}
-	for _, k := range keys {
-		if err := f.rdb.Del(ctx, k).Err(); err != nil {
+		if err := f.rdb.Del(ctx, f.bitmapKey(v.id)).Err(); err != nil {
 			return fmt.Errorf("bloom: delete %s: %w", f.key, err)
 		}
 	}

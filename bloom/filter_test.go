@@ -130,11 +130,7 @@ func TestInvalidOptions(t *testing.T) {
 func TestFilterKeyDeletedMidRun(t *testing.T) {
 	ctx := context.Background()
 	key := env.Prefix(t) + "bloom"
-	f, rdb := newFilter(t, key, fastOpts(1000))
-	opts := fastOpts(1000)
-	opts.Local = true
-	local, _ := newFilter(t, key, opts)
-	runLocal(t, local)
+	f, local, rdb := newLocalPair(t, key, 1000)
 	require.NoError(t, f.Warm(ctx, keyRange("user:", 0, 500)))
 	absent := absentKey(t, f)
 	require.Eventually(t, func() bool { return !local.MayContain(ctx, absent) && local.Stats().Local > 0 },

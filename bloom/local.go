@@ -68,7 +68,12 @@ func (f *Filter) reload(ctx context.Context) error {
 	if !f.opts.Local {
 		return nil
 	}
-	if !st.usable {
+	return f.loadLocal(ctx, st)
+}
+
+// loadLocal loads the local copy of st's current version, with reloadMu held.
+func (f *Filter) loadLocal(ctx context.Context, st *state) error {
+	if !st.usable() {
 		f.local.Store(nil)
 		return nil
 	}
@@ -220,12 +225,12 @@ func (f *Filter) checkLocal(ctx context.Context) error {
 	st := f.parse(get.Val())
 	f.state.Store(st)
 	switch {
-	case lc == nil && !st.usable:
+	case lc == nil && !st.usable():
 		return nil
-	case lc != nil && st.usable && lc.v.id == st.cur.id && exists.Val() == 1:
+	case lc != nil && st.usable() && lc.v.id == st.cur.id && exists.Val() == 1:
 		return nil
 	}
-	return f.reload(ctx)
+	return f.loadLocal(ctx, st)
 }
 
 // Messages on the filter's channel: msgReload asks local copies to load

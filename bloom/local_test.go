@@ -47,11 +47,7 @@ func TestNoFalseNegativesWithChildProcess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	key := env.Prefix(t) + "bloom"
-	remote, _ := newFilter(t, key, fastOpts(50_000))
-	opts := fastOpts(50_000)
-	opts.Local = true
-	local, _ := newFilter(t, key, opts)
-	runLocal(t, local)
+	remote, local, _ := newLocalPair(t, key, 50_000)
 	require.NoError(t, remote.Warm(ctx, keyRange("warm:", 0, 5000)))
 	absent := absentKey(t, remote)
 	require.Eventually(t, func() bool { return !local.MayContain(ctx, absent) }, 5*time.Second, time.Millisecond)
@@ -162,11 +158,7 @@ func TestLocalCopyNeedsNoRoundTrip(t *testing.T) {
 func TestLocalCopyFollowsAddsAndRebuilds(t *testing.T) {
 	ctx := context.Background()
 	key := env.Prefix(t) + "bloom"
-	other, _ := newFilter(t, key, fastOpts(2000))
-	opts := fastOpts(2000)
-	opts.Local = true
-	local, _ := newFilter(t, key, opts)
-	runLocal(t, local)
+	other, local, _ := newLocalPair(t, key, 2000)
 	require.NoError(t, other.Warm(ctx, keyRange("user:", 0, 2000)))
 	absent := absentKey(t, other)
 	require.Eventually(t, func() bool { return !local.MayContain(ctx, absent) && local.Stats().Local > 0 },

@@ -43,6 +43,18 @@ func newFilter(t testing.TB, key string, opts *bloom.Options) (*bloom.Filter, *r
 	return f, rdb
 }
 
+// newLocalPair returns two filters on key with fastOpts(n): f asks Redis,
+// local keeps a local copy that Run keeps live until the end of the test.
+func newLocalPair(t testing.TB, key string, n uint) (f, local *bloom.Filter, rdb *redis.Client) {
+	t.Helper()
+	f, rdb = newFilter(t, key, fastOpts(n))
+	opts := fastOpts(n)
+	opts.Local = true
+	local, _ = newFilter(t, key, opts)
+	runLocal(t, local)
+	return f, local, rdb
+}
+
 // runLocal runs f's local copy until the end of the test and waits until it is live.
 func runLocal(t testing.TB, f *bloom.Filter) {
 	t.Helper()

@@ -102,10 +102,12 @@ func containsVersion(vs []*version, v *version) bool {
 type state struct {
 	cur, next, prev *version
 	format          string
-	usable          bool  // cur exists and matches this instance's Params
-	err             error // why it is not usable
+	err             error // why it is not usable, nil when it is
 	read            time.Time
 }
+
+// usable reports whether cur exists and matches this instance's Params.
+func (s *state) usable() bool { return s.err == nil }
 
 // targets returns the versions Add writes to.
 func (s *state) targets() []*version {
@@ -134,8 +136,6 @@ func (f *Filter) parse(h map[string]string) *state {
 		st.err = ErrNotWarm
 	case st.cur.params() != f.own:
 		st.err = &MismatchError{Key: f.key, Stored: st.cur.params(), Configured: f.own}
-	default:
-		st.usable = true
 	}
 	return st
 }
@@ -162,18 +162,13 @@ func (f *Filter) params(ctx context.Context) (*state, error) {
 	if st := f.state.Load(); st != nil && time.Since(st.read) < f.opts.ParamsRefresh {
 		return st, nil
 	}
-	h, err := f.rdb.HGetAll(ctx, f.key).Result()
-	if err != nil {
-		if ctx.Err() == nil {
-			// Remembered as unusable until the next read is due, so that
-			// lookups fail open at once while Redis is unreachable.
-			f.state.Store(&state{err: err, read: time.Now()})
-		}
-		return nil, err
+	st, err := f.reloadParams(ctx)
+	if err != nil && ctx.Err() == nil {
+		// Remembered as unusable until the next read is due, so that
+		// lookups fail open at once while Redis is unreachable.
+		f.state.Store(&state{err: err, read: time.Now()})
 	}
-	st = f.parse(h)
-	f.state.Store(st)
-	return st, nil
+	return st, err
 }
 
 // reloadParams reads the parameters now.

@@ -50,7 +50,6 @@ type Election struct {
 	epochKey     string
 	ttl          time.Duration
 	refreshEvery time.Duration
-	margin       time.Duration
 	retry        RetryStrategy
 	log          *slog.Logger
 	err          error // a configuration error, returned by Run
@@ -75,7 +74,6 @@ func NewElection(rdb Client, key string, opts *ElectionOptions) *Election {
 	if e.ttl == 0 {
 		e.ttl = 5 * time.Second
 	}
-	e.margin = e.ttl / 10
 	if e.refreshEvery == 0 {
 		e.refreshEvery = e.ttl / 3
 	}
@@ -92,9 +90,9 @@ func NewElection(rdb Client, key string, opts *ElectionOptions) *Election {
 		e.err = errors.New("lock: NewElection needs a key, got an empty one")
 	case e.ttl < 10*time.Millisecond:
 		e.err = fmt.Errorf("lock: ElectionOptions.TTL %v is below 10ms; leave it 0 for the default 5s", opts.TTL)
-	case e.refreshEvery <= 0 || e.refreshEvery >= e.ttl-e.margin:
+	case e.refreshEvery <= 0 || e.refreshEvery >= e.validity():
 		e.err = fmt.Errorf("lock: ElectionOptions.RefreshEvery %v must be above 0 and shorter than 9/10 of TTL (%v); leave it 0 for TTL/3",
-			opts.RefreshEvery, e.ttl-e.margin)
+			opts.RefreshEvery, e.validity())
 	}
 	return e
 }
@@ -151,9 +149,10 @@ type term struct {
 // campaign tries to take the lock until it succeeds or ctx ends.
 func (e *Election) campaign(ctx context.Context) (*term, error) {
 	var (
-		next  func() (time.Duration, bool)
-		timer *time.Timer
+		next func() (time.Duration, bool)
+		p    pause
 	)
+	defer p.stop()
 	for {
 		t, err := e.elect(ctx)
 		if t != nil {
@@ -172,16 +171,8 @@ func (e *Election) campaign(ctx context.Context) (*term, error) {
 		if !ok {
 			wait, next = e.refreshEvery, nil
 		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-ctx.Done():
+		if !p.sleep(ctx, wait) {
 			return nil, ctx.Err()
-		case <-timer.C:
 		}
 	}
 }
@@ -257,7 +248,7 @@ func (e *Election) lead(ctx context.Context, t *term, fn func(context.Context, u
 // a timer of its own, so it fires on time even while a refresh hangs on an
 // unreachable Redis.
 func (e *Election) keep(ctx context.Context, lose context.CancelCauseFunc, t *term) {
-	valid := e.ttl - e.margin
+	valid := e.validity()
 	expire := time.AfterFunc(time.Until(t.validFrom.Add(valid)), func() {
 		lose(fmt.Errorf("lock: election %s: no refresh confirmed within %v: %w", e.key, valid, ErrNotHeld))
 	})
@@ -290,6 +281,10 @@ func (e *Election) keep(ctx context.Context, lose context.CancelCauseFunc, t *te
 		}
 	}
 }
+
+// validity is how long a leader trusts a refresh that Redis confirmed: 9/10
+// of TTL, counted from when the refresh was sent.
+func (e *Election) validity() time.Duration { return e.ttl - e.ttl/10 }
 
 // release gives up a leadership's lock; ErrNotHeld is expected after a loss.
 func (e *Election) release(ctx context.Context, l *Lock) {

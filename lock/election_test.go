@@ -61,6 +61,28 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// term is one leadership as runTerms reports its end.
+type term struct {
+	epoch uint64
+	cause error // why fn's context ended
+}
+
+// runTerms runs e in a goroutine until ctx ends, with an fn that sends its
+// epoch on started, waits for its context to end, sends the term on ended and
+// returns ret. Run's result goes to runDone.
+func runTerms(ctx context.Context, e *lock.Election, ret error) (started <-chan uint64, ended <-chan term, runDone <-chan error) {
+	s, en, d := make(chan uint64, 2), make(chan term, 2), make(chan error, 1)
+	go func() {
+		d <- e.Run(ctx, func(ctx context.Context, epoch uint64) error {
+			s <- epoch
+			<-ctx.Done()
+			en <- term{epoch, context.Cause(ctx)}
+			return ret
+		})
+	}()
+	return s, en, d
+}
+
 func TestElectionFnResultEndsRun(t *testing.T) {
 	ctx := context.Background()
 	rdb := env.RedisClient(t)
@@ -163,21 +185,7 @@ func TestElectionLostLockCampaignsAgain(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	type term struct {
-		epoch uint64
-		cause error
-	}
-	started := make(chan uint64, 2)
-	ended := make(chan term, 2)
-	runDone := make(chan error, 1)
-	go func() {
-		runDone <- e.Run(ctx, func(ctx context.Context, epoch uint64) error {
-			started <- epoch
-			<-ctx.Done()
-			ended <- term{epoch, context.Cause(ctx)}
-			return errors.New("fn failed because its context ended")
-		})
-	}()
+	started, ended, runDone := runTerms(ctx, e, errors.New("fn failed because its context ended"))
 	first := recv(t, started)
 	// Someone else takes the key, as after an expiry that the leader missed.
 	require.NoError(t, rdb.Set(context.Background(), key, "intruder", 500*time.Millisecond).Err())
@@ -239,21 +247,11 @@ func TestElectionRedisDown(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	started := make(chan uint64, 2)
-	ended := make(chan error, 2)
-	runDone := make(chan error, 1)
-	go func() {
-		runDone <- e.Run(ctx, func(ctx context.Context, epoch uint64) error {
-			started <- epoch
-			<-ctx.Done()
-			ended <- context.Cause(ctx)
-			return nil
-		})
-	}()
+	started, ended, runDone := runTerms(ctx, e, nil)
 	first := recv(t, started)
 	stopped := time.Now()
 	require.NoError(t, srv.Stop())
-	cause := recv(t, ended)
+	cause := recv(t, ended).cause
 	stepDown := time.Since(stopped)
 	assert.ErrorIs(t, cause, lock.ErrNotHeld)
 	assert.ErrorContains(t, cause, "no refresh confirmed")

@@ -106,9 +106,10 @@ func obtain(ctx context.Context, rdb Client, key string, ttl time.Duration, toke
 		return nil, err
 	}
 	var (
-		next  func() (time.Duration, bool)
-		timer *time.Timer
+		next func() (time.Duration, bool)
+		p    pause
 	)
+	defer p.stop()
 	for {
 		ok, err := obtainScript.Run(ctx, rdb, []string{key}, token, ms).Bool()
 		if err != nil {
@@ -124,16 +125,8 @@ func obtain(ctx context.Context, rdb Client, key string, ttl time.Duration, toke
 		if !again {
 			return nil, ErrNotObtained
 		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-			defer timer.Stop()
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-ctx.Done():
+		if !p.sleep(ctx, wait) {
 			return nil, fmt.Errorf("%w: %w", ErrNotObtained, context.Cause(ctx))
-		case <-timer.C:
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package lock
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -62,5 +63,30 @@ func (b Backoff) Waits() func() (time.Duration, bool) {
 		}
 		waited += wait
 		return wait, true
+	}
+}
+
+// pause sleeps between the attempts of one retry loop on a single timer,
+// created on first use. The loop defers stop.
+type pause struct{ timer *time.Timer }
+
+// sleep waits for d, or until ctx ends; it reports whether d passed.
+func (p *pause) sleep(ctx context.Context, d time.Duration) bool {
+	if p.timer == nil {
+		p.timer = time.NewTimer(d)
+	} else {
+		p.timer.Reset(d)
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-p.timer.C:
+		return true
+	}
+}
+
+func (p *pause) stop() {
+	if p.timer != nil {
+		p.timer.Stop()
 	}
 }
