@@ -48,10 +48,7 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 		}
 		w.plain = append(w.plain, plain...)
 		w.versioned = append(w.versioned, versioned...)
-		keys := plain
-		for _, kv := range versioned {
-			keys = append(keys, kv.Key)
-		}
+		keys := keyNames(plain, versioned)
 		w.keys = append(w.keys, keys...)
 		if row.Op == binlog.Insert || row.Op == binlog.Update {
 			w.adds = append(w.adds, keys...)
@@ -179,9 +176,7 @@ func (inv *Invalidator) send(ctx context.Context, plain []string, versioned []ca
 				return err
 			}
 		} else {
-			for _, kv := range versioned {
-				plain = append(plain, kv.Key)
-			}
+			plain = keyNames(plain, versioned)
 		}
 	}
 	if len(plain) > 0 {

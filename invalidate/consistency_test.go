@@ -16,7 +16,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/cacheaside/cacheaside/binlog"
 	"github.com/cacheaside/cacheaside/cache"
 	"github.com/cacheaside/cacheaside/internal/testenv"
 	"github.com/cacheaside/cacheaside/invalidate"
@@ -330,15 +329,11 @@ func childInvalidator(ctx context.Context, e *testenv.Env) error {
 	if err != nil {
 		return err
 	}
-	cfg := e.MySQLConfig("")
-	stream, err := binlog.New(binlog.Config{Addr: cfg.Addr, User: cfg.User, Password: cfg.Passwd, ServerID: 1000 + rand.Uint32N(1<<30)}, nil)
+	stream, err := openStream(e)
 	if err != nil {
 		return err
 	}
-	inv := invalidate.New(stream, c, rdb, rules, &invalidate.Options{
-		LeaderKey: prefix + "leader", LeaderTTL: time.Second,
-		Checkpoints: binlog.NewRedisCheckpoints(rdb, prefix+"checkpoint"),
-	})
+	inv := invalidate.New(stream, c, rdb, rules, invalidatorOptions(invalidate.Options{}, rdb, prefix))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

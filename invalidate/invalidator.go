@@ -173,8 +173,8 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 		// First start: begin at the server's position now, and checkpoint it at
 		// once, so that a leader that takes over later starts there too rather
 		// than at its own "now", which would skip what came in between.
-		if err := inv.retry(ctx, "read current position", func() (err error) { pos, err = inv.stream.CurrentPosition(ctx); return err }); err != nil {
-			return nil
+		if pos, err = inv.currentPosition(ctx); err != nil {
+			return nil // ctx ended
 		}
 		if err := inv.save(ctx, epoch, pos); err != nil {
 			return inv.deposed(ctx, epoch, err)
@@ -197,9 +197,9 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 		// streamed and every fill after the flush read newer data.
 		inv.opts.Logger.Error("invalidate: binlog position lost; flushing the whole cache and restarting from the current position",
 			"checkpoint", pos.String(), "err", err)
-		var now binlog.Position
-		if err := inv.retry(ctx, "read current position", func() (err error) { now, err = inv.stream.CurrentPosition(ctx); return err }); err != nil {
-			return nil
+		now, err := inv.currentPosition(ctx)
+		if err != nil {
+			return nil // ctx ended
 		}
 		if err := inv.retry(ctx, "flush cache", func() error {
 			if err := inv.forgetFilter(ctx); err != nil {
@@ -215,6 +215,13 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 		}
 		pos = now
 	}
+}
+
+// currentPosition reads the server's binlog position, retrying until it
+// answers or ctx ends.
+func (inv *Invalidator) currentPosition(ctx context.Context) (pos binlog.Position, err error) {
+	err = inv.retry(ctx, "read current position", func() (err error) { pos, err = inv.stream.CurrentPosition(ctx); return err })
+	return pos, err
 }
 
 // deposed handles an error from a checkpoint save during leadership: when a

@@ -34,13 +34,28 @@ func TestMain(m *testing.M) {
 // of its own, so several streams can run at once.
 func newStream(tb testing.TB, e *testenv.Env) *binlog.Stream {
 	tb.Helper()
+	s, err := openStream(e)
+	require.NoError(tb, err)
+	return s
+}
+
+// openStream is newStream for a child process, which has no testing.TB.
+func openStream(e *testenv.Env) (*binlog.Stream, error) {
 	cfg := e.MySQLConfig("")
-	s, err := binlog.New(binlog.Config{
+	return binlog.New(binlog.Config{
 		Addr: cfg.Addr, User: cfg.User, Password: cfg.Passwd,
 		ServerID: 1000 + rand.Uint32N(1<<30),
 	}, &binlog.Options{Logger: debugLogger()})
-	require.NoError(tb, err)
-	return s
+}
+
+// invalidatorOptions sets the leader lock and checkpoint of a test's
+// invalidators under its key prefix, so they elect among themselves only.
+func invalidatorOptions(o invalidate.Options, rdb redis.UniversalClient, prefix string) *invalidate.Options {
+	o.LeaderKey = prefix + "leader"
+	o.Checkpoints = binlog.NewRedisCheckpoints(rdb, prefix+"checkpoint")
+	o.LeaderTTL = time.Second
+	o.Logger = debugLogger()
+	return &o
 }
 
 // stack is a cache, an invalidator and a record of what it applied, on a
@@ -62,6 +77,10 @@ type stackOptions struct {
 	cache *cache.Options
 	inv   *invalidate.Options
 	rules func(db, prefix string) []invalidate.Rule
+	// tables replaces the users table (the fence table is always made).
+	tables []string
+	// noCheck skips Rules.Check, and so what it learns (foreign keys).
+	noCheck bool
 	// external: no invalidator in this process (children run them).
 	external bool
 }
@@ -80,9 +99,13 @@ const usersDDL = `CREATE TABLE users (id BIGINT UNSIGNED PRIMARY KEY, email VARC
 func newStack(t testing.TB, o stackOptions) *stack {
 	t.Helper()
 	db, name := env.NewDatabase(t)
-	for _, q := range []string{usersDDL, "CREATE TABLE fence (id BIGINT PRIMARY KEY)"} {
+	tables := o.tables
+	if tables == nil {
+		tables = []string{usersDDL}
+	}
+	for _, q := range append(tables, "CREATE TABLE fence (id BIGINT PRIMARY KEY)") {
 		_, err := db.Exec(q)
-		require.NoError(t, err)
+		require.NoError(t, err, q)
 	}
 	s := &stack{db: db, dbName: name, prefix: env.Prefix(t), rdb: env.RedisClient(t), applied: newAppliedLog()}
 	co := cache.Options{}
@@ -98,15 +121,14 @@ func newStack(t testing.TB, o stackOptions) *stack {
 	}
 	rules, err := invalidate.NewRules(rulesFor(name, s.prefix)...)
 	require.NoError(t, err)
-	require.NoError(t, rules.Check(context.Background(), db))
+	if !o.noCheck {
+		require.NoError(t, rules.Check(context.Background(), db))
+	}
 	io := invalidate.Options{}
 	if o.inv != nil {
 		io = *o.inv
 	}
-	io.LeaderKey = s.prefix + "leader"
-	io.Checkpoints = binlog.NewRedisCheckpoints(s.rdb, s.prefix+"checkpoint")
-	io.LeaderTTL = time.Second
-	io.Logger = debugLogger()
+	io = *invalidatorOptions(io, s.rdb, s.prefix)
 	io.OnApplied = s.applied.record
 	if hook := io.OnApplied; o.inv != nil && o.inv.OnApplied != nil {
 		extra := o.inv.OnApplied
@@ -222,8 +244,13 @@ type user struct {
 	Version int64
 }
 
+// rowReader is a *sql.DB, or a *sql.Conn holding an old snapshot.
+type rowReader interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
 // loadUser reads a user from MariaDB, the source of truth.
-func loadUser(ctx context.Context, db *sql.DB, id uint64) (user, error) {
+func loadUser(ctx context.Context, db rowReader, id uint64) (user, error) {
 	u := user{ID: id}
 	err := db.QueryRowContext(ctx, "SELECT email, name, version FROM users WHERE id = ?", id).Scan(&u.Email, &u.Name, &u.Version)
 	if err == sql.ErrNoRows {
@@ -253,3 +280,34 @@ func debugLogger() *slog.Logger {
 
 // CacheVersion makes user a cache.Versioner, for rules with a Version column.
 func (u user) CacheVersion() int64 { return u.Version }
+
+// fillFromOldSnapshot acts out a reader that still sees user id at version
+// 1 after its update to version 2 was committed and invalidated: a lagging
+// replica, or a commit not yet visible. It opens a snapshot (which sees
+// version 1), commits the update, waits for its invalidation, and then
+// reads through the cache with the snapshot as the source. It returns what
+// that read got.
+func (s *stack) fillFromOldSnapshot(t *testing.T, id uint64) user {
+	t.Helper()
+	ctx := context.Background()
+	old, err := s.db.Conn(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { old.Close() })
+	_, err = old.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
+	require.NoError(t, err)
+	seen, err := loadUser(ctx, old, id)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), seen.Version)
+
+	key := userKey(s.prefix, id)
+	before := s.applied.count(key)
+	_, err = s.db.Exec("UPDATE users SET name = 'v2', version = 2 WHERE id = ?", id)
+	require.NoError(t, err)
+	for s.applied.count(key) == before {
+		s.fence(t)
+	}
+	u, err := cache.Fetch(ctx, s.cache, key, func(ctx context.Context) (user, error) { return loadUser(ctx, old, id) })
+	require.NoError(t, err)
+	_, _ = old.ExecContext(ctx, "COMMIT")
+	return u
+}

@@ -166,32 +166,10 @@ func TestR5FillOfInvisibleRowRefusedByTombstone(t *testing.T) {
 			require.NoError(t, err)
 			s.fence(t)
 
-			// A reader whose view of the row predates the commit.
-			conn, err := s.db.Conn(ctx)
-			require.NoError(t, err)
-			defer conn.Close()
-			_, err = conn.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
-			require.NoError(t, err)
-			var name string
-			require.NoError(t, conn.QueryRowContext(ctx, "SELECT name FROM users WHERE id = 5").Scan(&name))
-			require.Equal(t, "v1", name)
-
-			before := s.applied.count(userKey(s.prefix, 5))
-			_, err = s.db.Exec("UPDATE users SET name = 'v2', version = 2 WHERE id = 5")
-			require.NoError(t, err)
-			for s.applied.count(userKey(s.prefix, 5)) == before {
-				s.fence(t)
-			}
-
-			// The fill after the invalidation reads the invisible (old) row.
-			u, err := cache.Fetch(ctx, s.cache, userKey(s.prefix, 5), func(ctx context.Context) (user, error) {
-				u := user{ID: 5}
-				err := conn.QueryRowContext(ctx, "SELECT email, name, version FROM users WHERE id = 5").Scan(&u.Email, &u.Name, &u.Version)
-				return u, err
-			})
-			require.NoError(t, err)
+			// A reader whose view of the row predates the commit fills after
+			// the invalidation.
+			u := s.fillFromOldSnapshot(t, 5)
 			require.Equal(t, "v1", u.Name)
-			_, _ = conn.ExecContext(ctx, "COMMIT")
 
 			u, loaded, err := s.fetchUser(ctx, 5)
 			require.NoError(t, err)
@@ -428,34 +406,25 @@ func TestUnprintableValueInvalidatesTheTable(t *testing.T) {
 func TestR8ForeignKeyCascade(t *testing.T) {
 	for _, learn := range []bool{false, true} {
 		t.Run(map[bool]string{false: "unknown foreign key leaves the child stale", true: "learnt foreign key invalidates the child"}[learn], func(t *testing.T) {
-			db, name := env.NewDatabase(t)
-			for _, q := range []string{
-				"CREATE TABLE teams (id BIGINT PRIMARY KEY)",
-				"CREATE TABLE members (id BIGINT PRIMARY KEY, team_id BIGINT NOT NULL, name VARCHAR(50), FOREIGN KEY (team_id) REFERENCES teams (id) ON DELETE CASCADE)",
-				"CREATE TABLE fence (id BIGINT PRIMARY KEY)",
-				"INSERT INTO teams VALUES (1)",
-				"INSERT INTO members VALUES (10, 1, 'm')",
-			} {
+			s := newStack(t, stackOptions{
+				tables: []string{
+					"CREATE TABLE teams (id BIGINT PRIMARY KEY)",
+					"CREATE TABLE members (id BIGINT PRIMARY KEY, team_id BIGINT NOT NULL, name VARCHAR(50), FOREIGN KEY (team_id) REFERENCES teams (id) ON DELETE CASCADE)",
+				},
+				rules: func(db, prefix string) []invalidate.Rule {
+					return []invalidate.Rule{
+						{Schema: db, Table: "members", Keys: []string{prefix + "member:{id}"}},
+						{Schema: db, Table: "fence", Keys: []string{prefix + "fence:{id}"}},
+					}
+				},
+				noCheck: !learn,
+			})
+			db := s.db
+			for _, q := range []string{"INSERT INTO teams VALUES (1)", "INSERT INTO members VALUES (10, 1, 'm')"} {
 				_, err := db.Exec(q)
 				require.NoError(t, err, q)
 			}
-			s := &stack{db: db, dbName: name, prefix: env.Prefix(t), rdb: env.RedisClient(t), applied: newAppliedLog()}
-			s.cache = cache.New(s.rdb, &cache.Options{Prefix: s.prefix})
-			t.Cleanup(func() { s.cache.Close() })
-			rules, err := invalidate.NewRules(
-				invalidate.Rule{Schema: name, Table: "members", Keys: []string{s.prefix + "member:{id}"}},
-				invalidate.Rule{Schema: name, Table: "fence", Keys: []string{s.prefix + "fence:{id}"}},
-			)
-			require.NoError(t, err)
-			if learn {
-				require.NoError(t, rules.Check(context.Background(), db))
-			}
-			s.rules = rules
-			s.invOpts = invalidate.Options{LeaderKey: s.prefix + "leader", LeaderTTL: time.Second,
-				Checkpoints: binlog.NewRedisCheckpoints(s.rdb, s.prefix+"checkpoint"), OnApplied: s.applied.record}
-			s.inv = s.newInvalidator(t)
-			s.stop = s.run(t)
-
+			s.fence(t)
 			ctx := context.Background()
 			loads := 0
 			member := func() (string, error) {
@@ -507,27 +476,7 @@ func TestR4LaggingReplicaFillRefusedByVersion(t *testing.T) {
 			require.NoError(t, err)
 			s.fence(t)
 
-			replica, err := s.db.Conn(ctx)
-			require.NoError(t, err)
-			defer replica.Close()
-			_, err = replica.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT")
-			require.NoError(t, err)
-			var v int64
-			require.NoError(t, replica.QueryRowContext(ctx, "SELECT version FROM users WHERE id = 4").Scan(&v))
-			require.Equal(t, int64(1), v)
-
-			before := s.applied.count(userKey(s.prefix, 4))
-			_, err = s.db.Exec("UPDATE users SET name = 'v2', version = 2 WHERE id = 4")
-			require.NoError(t, err)
-			for s.applied.count(userKey(s.prefix, 4)) == before {
-				s.fence(t)
-			}
-			u, err := cache.Fetch(ctx, s.cache, userKey(s.prefix, 4), func(ctx context.Context) (user, error) {
-				u := user{ID: 4}
-				err := replica.QueryRowContext(ctx, "SELECT email, name, version FROM users WHERE id = 4").Scan(&u.Email, &u.Name, &u.Version)
-				return u, err
-			})
-			require.NoError(t, err)
+			u := s.fillFromOldSnapshot(t, 4) // the lagging replica
 			require.Equal(t, "v1", u.Name, "the replica still has version 1")
 
 			u, loaded, err := s.fetchUser(ctx, 4)

@@ -114,12 +114,20 @@ func (rs *Rules) match(schema, table string) []*compiled {
 // before image and from the after image, so a changed email invalidates the
 // old key and the new one. Duplicates are removed.
 func (rs *Rules) Keys(row binlog.Row) ([]string, error) {
-	keys, versioned, err := rs.keys(row)
+	plain, versioned, err := rs.keys(row)
+	keys := keyNames(plain, versioned)
+	slices.Sort(keys)
+	return slices.Compact(keys), err
+}
+
+// keyNames returns plain and the keys of versioned in one new slice.
+func keyNames(plain []string, versioned []cache.KeyVersion) []string {
+	keys := make([]string, 0, len(plain)+len(versioned))
+	keys = append(keys, plain...)
 	for _, kv := range versioned {
 		keys = append(keys, kv.Key)
 	}
-	slices.Sort(keys)
-	return slices.Compact(keys), err
+	return keys
 }
 
 // keys splits a row change's keys into plain ones and, for rules with a

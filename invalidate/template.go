@@ -2,7 +2,6 @@ package invalidate
 
 import (
 	"fmt"
-	"math/big"
 	"strconv"
 	"strings"
 	"time"
@@ -129,8 +128,9 @@ func (t *template) expand(image map[string]any) (key string, ok bool, err error)
 	return b.String(), true, nil
 }
 
-// formatValue renders a column value the way repository code usually prints
-// it: integers in decimal (unsigned stay unsigned), decimals as the server
+// formatValue renders a column value, as package binlog delivers it (int64,
+// uint64, float, string, []byte, time.Time), the way repository code usually
+// prints it: integers in decimal (unsigned stay unsigned), decimals as the server
 // prints them, text as is, times in UTC.
 func formatValue(v any, format string) (string, error) {
 	var s string
@@ -141,32 +141,14 @@ func formatValue(v any, format string) (string, error) {
 		s = string(x)
 	case int64:
 		s = strconv.FormatInt(x, 10)
-	case int:
-		s = strconv.Itoa(x)
-	case int32:
-		s = strconv.FormatInt(int64(x), 10)
-	case int16:
-		s = strconv.FormatInt(int64(x), 10)
-	case int8:
-		s = strconv.FormatInt(int64(x), 10)
 	case uint64:
 		s = strconv.FormatUint(x, 10)
-	case uint32:
-		s = strconv.FormatUint(uint64(x), 10)
-	case uint16:
-		s = strconv.FormatUint(uint64(x), 10)
-	case uint8:
-		s = strconv.FormatUint(uint64(x), 10)
-	case uint:
-		s = strconv.FormatUint(uint64(x), 10)
 	case float64:
 		s = strconv.FormatFloat(x, 'f', -1, 64)
 	case float32:
 		s = strconv.FormatFloat(float64(x), 'f', -1, 32)
 	case bool:
 		s = strconv.FormatBool(x)
-	case *big.Int:
-		s = x.String()
 	case time.Time:
 		return formatTime(x.UTC(), format)
 	case fmt.Stringer:
