@@ -157,9 +157,10 @@
 // the key holds exactly the bytes its taker saw, so two processes that both
 // saw a stale entry cannot both take it.
 //
-// Generations are bumped to max(current+1, Redis clock in ms) rather than
-// with INCR, so a bump after Redis lost the generation key still rises above
-// what running processes remember. Processes only ever raise what they know.
+// Generations are bumped to max(current+1, the bumper's known value+1, Redis
+// clock in µs) rather than with INCR, so a bump after Redis lost the
+// generation key still rises above what running processes remember.
+// Processes only ever raise what they know.
 //
 // A hit costs one GET, a header decode that does not allocate, and the
 // codec's Unmarshal: the same allocations as a raw GET and json.Unmarshal.

@@ -24,12 +24,16 @@ import (
 // refresh due. The bumping process knows the new value at once; others serve
 // entries older than a bump for at most GenerationRefresh (plus a round trip).
 //
-// A bump sets the generation to max(current+1, Redis time in milliseconds)
-// rather than INCR: if Redis loses the key (a failover or a restart without
-// persistence), a process that still knows a high generation keeps it
-// (generations only rise locally), and a plain INCR would then yield a number
-// below it and the bump would go unnoticed. The clock makes every bump rise
-// above all earlier ones.
+// A bump sets the generation to max(current+1, the bumping process's highest
+// known value+1, Redis time in microseconds) rather than INCR: if Redis loses
+// the key (a failover or a restart without persistence), a process that still
+// knows a high generation keeps it (generations only rise locally), and a
+// plain INCR would then yield a number below it and the bump would go
+// unnoticed. The floor keeps the bump above what the bumping process has
+// seen; the clock keeps it above what every other process has seen, since no
+// two bumps of one key run within the same microsecond. (A millisecond clock
+// was not enough: bumps faster than one per millisecond ran ahead of it, and
+// after a lost key the next bump could land on a value already stamped.)
 
 //go:embed bump.lua
 var bumpSrc string
@@ -194,7 +198,7 @@ func finish(claimed []*generation, cmds []*redis.StringCmd, now int64, log *slog
 // bump raises the generations in Redis, pipelined, and learns the results.
 func (gs *generations) bump(ctx context.Context, rdb redis.UniversalClient, list []*generation) error {
 	cmds, err := runPipelined(ctx, rdb, bumpScript, len(list), func(i int) (string, []any) {
-		return list[i].key, nil
+		return list[i].key, []any{list[i].val.Load()}
 	})
 	if err != nil {
 		return err
