@@ -132,3 +132,17 @@ func exampleSetup(ctx context.Context) (*sql.DB, string, *redis.Client, string, 
 		rdb.Close()
 	}
 }
+
+// A Key is written once and used by both sides: the repository builds its
+// cache keys with it, the rule lists it, and the invalidator renders binlog
+// rows through it.
+func ExampleKey() {
+	byEmail := invalidate.MustKey("user:email:{email|lower}")
+	rules, err := invalidate.NewRules(invalidate.Rule{Table: "users", Keys: []string{byEmail.String()}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = rules
+	fmt.Println(byEmail.Build("Ann@Example.COM")) // what the repository caches under
+	// Output: user:email:ann@example.com
+}

@@ -24,6 +24,9 @@ type Rule struct {
 	// after '|' (lower, upper for text; unix, unixms, rfc3339, date for times).
 	// Integers print in decimal (unsigned as unsigned), DECIMAL as the server
 	// prints it, times in UTC RFC 3339. "{{" and "}}" are literal braces.
+	// Write each template once, as a Key, and give its String here: the
+	// repository then builds its keys with the same Key (Key.Build) and the
+	// two sides cannot print a key differently.
 	Keys []string
 	// Func returns more keys for a row change; it sees both images. Optional.
 	Func func(row binlog.Row) []string
