@@ -30,6 +30,44 @@
 // lock with backoff capped at TTL/10, so after a leader dies a standby leads
 // within about TTL + TTL/10.
 //
+// # Replicated Redis: Cluster and Sentinel
+//
+// Redis replicates asynchronously: a master acknowledges a write before any
+// replica has it, and a replica that takes over has only what it had
+// received. Across a failover the package therefore promises this much,
+// and the tests on a real three-master cluster and a real Sentinel setup
+// show each point:
+//
+//   - A lock the replica had received survives: its holder keeps it, Refresh
+//     and Release work on the new master, and nobody else can take it.
+//   - A lock taken within the replication lag before the failover (under a
+//     millisecond on a healthy link, unbounded when the link is down) is
+//     lost. Another holder can take it while the first still believes it
+//     holds it; the first learns it at its next Refresh (ErrNotHeld), which
+//     for a leader is at most RefreshEvery later. Obtain does not WAIT for
+//     replicas: that would cost a round trip per lock and still not cover a
+//     replica that acknowledged and then died.
+//   - The election's epoch counter (key + ":epoch") has no hash tag, so on a
+//     Cluster it usually lives on another master than the lock. A failover
+//     of the lock's master alone leaves the counter intact: the next leader
+//     gets a greater epoch and a fenced store refuses every write of the
+//     deposed one. That is why the two keys are not forced into one slot:
+//     one failover would then lose both together.
+//   - A failover that loses the counter's own last INCR (the counter's
+//     master fails over within the lag; under Sentinel, where the lock and
+//     the counter share the one master, every failover that loses the lock)
+//     hands the next leader the epoch a deposed leader already holds (a
+//     wiped Redis starts the counter over at 1). Two leaders then hold one
+//     epoch, and a store that compares epochs alone (accepting an equal one)
+//     cannot tell them apart.
+//
+// So the epoch protects a store that keeps its own highest epoch durably
+// elsewhere; for a store in the same Redis, such as the binlog checkpoint,
+// the epoch is not enough on its own: the store must also refuse a save
+// that does not follow from what the saving leadership last read or wrote
+// there (a compare-and-set), so that a deposed leader holding a repeated
+// epoch cannot move it.
+//
 // # What it does not promise
 //
 // The lock lives in one Redis primary; it is not Redlock. Its exclusion

@@ -17,6 +17,23 @@
 // binary as a child process against the same servers, for tests that need
 // several processes or one to kill.
 //
+// Beyond the single Redis, Env.Cluster starts a Redis Cluster of three
+// masters with one replica each (redis-server --cluster-enabled, joined by
+// redis-cli --cluster create, about 2.5s) and Env.Sentinel a master, a
+// replica and three sentinels (redis-server --sentinel, under 1s), each on
+// first use and shared by the binary's tests until Main closes them. Their
+// fault controls act on the real processes: KillMaster kills a master, waits
+// for its replica's promotion and brings the old master back as a replica;
+// LoseWrites cuts a master's replication, lets a write be acknowledged,
+// pauses the master (SIGSTOP) and fails over, so that the acknowledged
+// write is lost, as in an asynchronous failover. Every Redis (Pause,
+// Resume) can be frozen the same way. Env.ForEachRedis runs a test on the
+// single server, the cluster and the sentinels alike (CACHEASIDE_REDIS_KINDS
+// picks a subset). The cluster's nodes fail a master over after 1s without
+// an answer (cluster-node-timeout), so a node frozen that long by a loaded
+// machine is failed over: the tests expect roles to move and ask the
+// harness for the current ones.
+//
 // With CACHEASIDE_MYSQL_DSN and CACHEASIDE_REDIS_ADDR set, the harness uses
 // those servers instead and offers no fault controls. A missing mariadbd or
 // redis-server is an error that says how to install it. Main silences the

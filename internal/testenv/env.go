@@ -46,6 +46,7 @@ type Env struct {
 	mysqlCfg  *mysql.Config
 	redisAddr string
 	admin     *sql.DB
+	scale     scaleOut // the cluster and the sentinels, started on first use
 }
 
 // Start starts a MariaDB and a Redis in parallel, or connects to the servers
@@ -55,6 +56,9 @@ func Start(opts *Options) (*Env, error) {
 		opts = &Options{}
 	}
 	e := &Env{}
+	if err := e.scale.fromEnv(); err != nil {
+		return nil, err
+	}
 	dsn, addr := os.Getenv(EnvMySQLDSN), os.Getenv(EnvRedisAddr)
 	switch {
 	case dsn != "" && addr != "":
@@ -85,9 +89,10 @@ func Start(opts *Options) (*Env, error) {
 	return e, nil
 }
 
-// Close stops the servers the harness started and removes their data.
+// Close stops the servers the harness started, the cluster and the
+// sentinels included, and removes their data.
 func (e *Env) Close() error {
-	var errs []error
+	errs := []error{e.scale.close()}
 	if e.admin != nil {
 		errs = append(errs, e.admin.Close())
 	}
@@ -259,6 +264,9 @@ func runChild(name string, children Children) int {
 // Child returns a command that runs this test binary as the child process
 // name (see Main), connected to this Env's servers. Extra variables in the
 // form KEY=VALUE are added to its environment; the child reads them with os.Getenv.
+// A cluster or Sentinel setup the parent has started is passed on too
+// (Env.ClusterClient and Env.FailoverClient in the child reach them); one
+// the parent starts after Child is not.
 func (e *Env) Child(ctx context.Context, name string, vars ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
@@ -266,6 +274,7 @@ func (e *Env) Child(ctx context.Context, name string, vars ...string) *exec.Cmd 
 		EnvMySQLDSN+"="+e.DSN(""),
 		EnvRedisAddr+"="+e.redisAddr,
 	)
+	cmd.Env = append(cmd.Env, e.scale.childVars()...)
 	cmd.Env = append(cmd.Env, vars...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr

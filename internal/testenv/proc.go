@@ -98,6 +98,8 @@ func (p *process) signal(sig syscall.Signal, timeout time.Duration) error {
 	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("testenv: signal %v: %w", sig, err)
 	}
+	// A paused process (see server.Pause) acts on SIGTERM only once continued.
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	select {
 	case <-p.done:
 		return nil
@@ -194,6 +196,26 @@ func (s *server) signal(sig syscall.Signal, timeout time.Duration) error {
 		return nil
 	}
 	return s.proc.signal(sig, timeout)
+}
+
+// Pause stops the server with SIGSTOP, as a long GC pause, a swapped-out VM
+// or a network partition would look to its clients and peers: connections
+// stay open and nothing answers. Resume continues it.
+func (s *server) Pause() error { return s.send(syscall.SIGSTOP) }
+
+// Resume continues a server stopped by Pause.
+func (s *server) Resume() error { return s.send(syscall.SIGCONT) }
+
+func (s *server) send(sig syscall.Signal) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil || s.proc.exited() {
+		return fmt.Errorf("testenv: %s is not running", s.name)
+	}
+	if err := s.proc.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("testenv: %s: signal %v: %w", s.name, sig, err)
+	}
+	return nil
 }
 
 // running reports whether the process is up.

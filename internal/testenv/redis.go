@@ -16,6 +16,7 @@ import (
 // Redis is a throwaway redis-server on a loopback port with its data in a
 // temporary directory. It keeps an append-only file, so data survives Stop,
 // Kill and Start; Wipe deletes it to act out a failover that lost writes.
+// The nodes of a Cluster and of a Sentinel setup are Redis servers too.
 type Redis struct {
 	// Dir holds the append-only file and the server log.
 	Dir string
@@ -23,15 +24,23 @@ type Redis struct {
 	Port int
 
 	server
+	extra []string // flags after the defaults: cluster mode, replica of
 }
 
 // StartRedis starts redis-server on a free loopback port.
 func StartRedis() (*Redis, error) {
+	return startRedis("", nil)
+}
+
+// startRedis starts redis-server on a free port in a new directory under
+// parent ("" for the system's), with the flags extra returns for that port
+// added after the defaults. It tries up to three ports.
+func startRedis(parent string, extra func(port int) ([]string, error)) (*Redis, error) {
 	bin, err := lookBinary("redis-server")
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "cacheaside-redis-")
+	dir, err := os.MkdirTemp(parent, "cacheaside-redis-")
 	if err != nil {
 		return nil, fmt.Errorf("testenv: %w", err)
 	}
@@ -40,6 +49,11 @@ func StartRedis() (*Redis, error) {
 	for attempt := 0; ; attempt++ {
 		if r.Port, err = freePort(); err != nil {
 			break
+		}
+		if extra != nil {
+			if r.extra, err = extra(r.Port); err != nil {
+				break
+			}
 		}
 		if err = r.Start(); err == nil {
 			return r, nil
@@ -67,7 +81,10 @@ func (r *Redis) Start() error {
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--maxclients", "4000",
+		// Replicas sync at once: the default waits 5s for more replicas.
+		"--repl-diskless-sync-delay", "0",
 	}
+	args = append(args, r.extra...)
 	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1, DialTimeout: time.Second})
 	defer c.Close()
 	return r.launch(args, r.Port, 30*time.Second, func() error {

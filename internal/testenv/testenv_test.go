@@ -20,7 +20,7 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, &env, testenv.Children{"own-servers": ownServers})
+	testenv.Main(m, &env, testenv.Children{"own-servers": ownServers, "cluster-child": clusterChild})
 }
 
 // ownServers starts a private pair of servers, as a separate test binary
