@@ -143,6 +143,16 @@ type Options struct {
 	// BreakerCooldown is how long the breaker stays open before one read
 	// probes Redis again. Default: 1s.
 	BreakerCooldown time.Duration
+	// RedisTimeout bounds each Redis request of a read (its GET, lease,
+	// polls and fill), and never exceeds half the time left before the
+	// caller's deadline, so that a read whose Redis hangs still has time to
+	// be answered by the loader. A request cut short counts as a Redis
+	// failure for the breaker. go-redis honours it only with
+	// redis.Options.ContextTimeoutEnabled (see the package documentation
+	// for the recommended client options). A negative value leaves every
+	// request to the client's own timeouts, and spares the hit path the
+	// bound's timer. Default: 100ms.
+	RedisTimeout time.Duration
 	// MaxDegradedLoads bounds concurrent loader calls of reads that bypass
 	// Redis; excess reads wait for a slot or their context. Default: 4*GOMAXPROCS.
 	MaxDegradedLoads int
@@ -233,6 +243,9 @@ func newConfig(opts *Options) config {
 	def(&o.VersionTTL, time.Minute)
 	def(&o.GenerationRefresh, time.Second)
 	def(&o.BreakerCooldown, time.Second)
+	if o.RedisTimeout == 0 {
+		o.RedisTimeout = 100 * time.Millisecond
+	}
 	if o.Prefix == "" {
 		o.Prefix = "cacheaside:"
 	}
@@ -264,11 +277,14 @@ const epochSlots = 4096
 // Cache is a read-through cache over one Redis deployment. It is safe for
 // concurrent use; create one per process and share it.
 type Cache struct {
-	rdb     redis.UniversalClient
-	cfg     config
-	codec   Codec
-	log     *slog.Logger
-	single  bool // rdb is a *redis.Client: MGET may span any keys
+	rdb    redis.UniversalClient
+	cfg    config
+	codec  Codec
+	log    *slog.Logger
+	single bool // rdb is a *redis.Client: MGET may span any keys
+	// bounded says rdb honours context deadlines, so Options.RedisTimeout
+	// can cut a request short (see bound).
+	bounded bool
 	gens    *generations
 	breaker breaker
 	sem     chan struct{}
@@ -315,8 +331,47 @@ func New(rdb redis.UniversalClient, opts *Options) *Cache {
 		timers: make(map[*time.Timer]struct{}),
 	}
 	c.breaker.init(cfg.BreakerThreshold, cfg.BreakerCooldown, c.log)
+	c.bounded = cfg.RedisTimeout > 0 && honoursContext(rdb)
+	if cfg.RedisTimeout > 0 && !c.bounded {
+		c.log.Warn("cache: the Redis client ignores context deadlines, so a hung Redis holds each read for the client's ReadTimeout; set ContextTimeoutEnabled in its options")
+	}
 	return c
 }
+
+// honoursContext reports whether rdb ends a request at its context's
+// deadline: go-redis does only with ContextTimeoutEnabled. Clients of
+// other types are assumed to.
+func honoursContext(rdb redis.UniversalClient) bool {
+	switch r := rdb.(type) {
+	case *redis.Client:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.Ring:
+		return r.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// bound returns ctx limited for one Redis request of a read: at most
+// Options.RedisTimeout, and at most half the time ctx has left, so that
+// the loader still has the other half when Redis does not answer. The
+// caller judges the outcome with ctx itself (redisResult): a request cut
+// short while ctx is alive is a Redis failure. It costs the hit path a
+// timer context (five allocations, a few percent of a GET on loopback);
+// a negative RedisTimeout leaves requests to the client's own timeouts.
+func (c *Cache) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if !c.bounded {
+		return ctx, noCancel
+	}
+	d := c.cfg.RedisTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl)/2)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+func noCancel() {}
 
 // Close cancels pending delayed invalidations and waits for running ones and
 // for early refreshes started by Fetch. It does not close the Redis client.

@@ -149,6 +149,37 @@
 // decode (another writer, another format version, another Redis type) are a
 // miss; strings are replaced through the lease, other types are left alone.
 //
+// # A hung or dead Redis
+//
+// Every Redis request of a read (the GET, a lease, a poll, a fill) is
+// bounded by Options.RedisTimeout (100ms) and by half the time left
+// before the caller's deadline, whichever is sooner; a request cut short
+// while the caller still waits is a Redis failure. So with a Redis that
+// accepts connections and never answers, or one that was killed, a read
+// gives up on Redis in time to be answered by the loader within the
+// caller's deadline, and after Options.BreakerThreshold such reads the
+// breaker opens and reads stop touching Redis. The bound after Redis dies:
+// no Fetch waits longer than RedisTimeout for Redis to answer, since the
+// first request that is not answered in time sends the read to the loader.
+//
+// go-redis ignores context deadlines unless told otherwise, and then a
+// hung request waits for ReadTimeout (seconds) and its retries, and a dead
+// server costs seconds of dial retries. Create the client with:
+//
+//	redis.Options{
+//		ContextTimeoutEnabled: true,                   // required: lets RedisTimeout and callers' deadlines end a request
+//		DialTimeout:           100 * time.Millisecond, // the calls that carry no bound of their own (Invalidate, Write)
+//		ReadTimeout:           100 * time.Millisecond, // idem
+//		WriteTimeout:          100 * time.Millisecond, // idem
+//		PoolTimeout:           100 * time.Millisecond, // a pool whose connections all hang
+//	}
+//
+// (the same fields exist in redis.ClusterOptions, redis.RingOptions and
+// redis.FailoverOptions). New logs a warning for a client without
+// ContextTimeoutEnabled. The bound costs each hit a timer context, five
+// allocations (BenchmarkFetchHitVsRawBounded); a negative RedisTimeout
+// leaves requests to the client's own timeouts and spares it.
+//
 // # Design notes
 //
 // The lease lives in the key rather than in a lock key beside it: a hit is
