@@ -209,11 +209,19 @@ func (b *batch[T]) acquire(ctx context.Context) {
 
 // loadAndFill loads the owned and the no-fill keys in one loader call and
 // fills the owned ones.
-func (b *batch[T]) loadAndFill(ctx context.Context) error {
+func (b *batch[T]) loadAndFill(ctx context.Context) (err error) {
 	c := b.c
 	if len(b.owned)+len(b.noFill) == 0 {
 		return nil
 	}
+	// A codec panic while filling would leave the leases behind until
+	// LeaseTTL: give them back, and return the panic as an error.
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicked(c, r)
+			b.giveBack(ctx)
+		}
+	}()
 	keys := make([]string, 0, len(b.owned)+len(b.noFill))
 	for _, p := range b.owned {
 		keys = append(keys, p.key)

@@ -24,12 +24,13 @@ var (
 	ErrNotFound = errors.New("cache: not found")
 
 	// ErrLoaderPanic is wrapped by the *PanicError that every caller waiting
-	// on a load receives when the loader panics.
+	// on a load receives when the loader panics, or the codec does while
+	// the load is under way (a lease taken for it is given back).
 	ErrLoaderPanic = errors.New("cache: loader panicked")
 )
 
-// PanicError carries a loader's panic to every caller of the load. It
-// unwraps to ErrLoaderPanic.
+// PanicError carries a loader's (or the codec's) panic to every caller of
+// the load. It unwraps to ErrLoaderPanic.
 type PanicError struct {
 	// Value is what the loader panicked with.
 	Value any

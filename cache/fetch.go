@@ -136,7 +136,7 @@ func join[T any](ctx context.Context, c *Cache, key, fk string, seen readPoint, 
 		// goroutine.
 		defer func() {
 			if r := recover(); r != nil {
-				v, err = sharedResult{basis: basis{at: 1<<63 - 1}}, &PanicError{Value: r, Stack: debug.Stack()}
+				v, err = sharedResult{basis: basis{at: 1<<63 - 1}}, panicked(c, r)
 			}
 		}()
 		v, b, err := fn(detached)
@@ -191,7 +191,14 @@ func refreshEarly[T any](ctx context.Context, c *Cache, key string, g *generatio
 		defer c.background.Done()
 		defer c.refreshing.Delete(key)
 		fk, _ := c.flightKey(key)
-		_, err, _ := c.group.Do(fk, func() (any, error) {
+		_, err, _ := c.group.Do(fk, func() (res any, err error) {
+			// As in join: a panic here would end the process. Callers
+			// that joined the refresh get it as an error.
+			defer func() {
+				if r := recover(); r != nil {
+					res, err = sharedResult{basis: basis{at: 1<<63 - 1}}, panicked(c, r)
+				}
+			}()
 			v, err := f.refresh(detached, e)
 			return sharedResult{v, f.basis}, err
 		})
@@ -211,12 +218,18 @@ func (c *Cache) call(ctx context.Context, load func(context.Context) (any, error
 	defer func() {
 		dur = time.Since(start)
 		if r := recover(); r != nil {
-			v, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
-			c.log.Error("cache: loader panicked", "panic", r)
+			v, err = nil, panicked(c, r)
 		}
 	}()
 	v, err = load(ctx)
 	return v, 0, err
+}
+
+// panicked turns a recovered panic into a *PanicError, logged, with the
+// stack of the goroutine that panicked (call it from the deferred recover).
+func panicked(c *Cache, r any) *PanicError {
+	c.log.Error("cache: loader or codec panicked", "panic", r)
+	return &PanicError{Value: r, Stack: debug.Stack()}
 }
 
 func nowMs() uint64 { return uint64(time.Now().UnixMilli()) }
