@@ -23,6 +23,11 @@ var (
 	// for a missing row, a cached not-found entry or a key the Filter rejects.
 	ErrNotFound = errors.New("cache: not found")
 
+	// ErrLoadTimeout is returned to the callers of a load whose loader has
+	// not returned 100ms after Options.LoadTimeout (it ignores its ctx).
+	// The next caller starts a new load.
+	ErrLoadTimeout = errors.New("cache: loader did not return within LoadTimeout")
+
 	// ErrLoaderPanic is wrapped by the *PanicError that every caller waiting
 	// on a load receives when the loader panics, or the codec does while
 	// the load is under way (a lease taken for it is given back).
@@ -88,7 +93,9 @@ type Options struct {
 	// waiters never spin on Redis.
 	// Default: 2ms.
 	LeasePoll time.Duration
-	// LoadTimeout bounds one loader call. Default: LeaseTTL.
+	// LoadTimeout bounds one loader call: its ctx ends then, and callers
+	// wait at most 100ms more for a loader that ignores it (they get
+	// ErrLoadTimeout). Default: LeaseTTL.
 	LoadTimeout time.Duration
 	// TombstoneTTL, when positive, makes Invalidate leave a tombstone for this
 	// long instead of deleting the key: readers load from the source and do

@@ -208,21 +208,49 @@ func refreshEarly[T any](ctx context.Context, c *Cache, key string, g *generatio
 	}()
 }
 
+// loadGrace is how long past Options.LoadTimeout a load is waited for
+// before its callers are given ErrLoadTimeout.
+const loadGrace = 100 * time.Millisecond
+
 // call runs a loader with Options.LoadTimeout and turns a panic into a
-// *PanicError.
-func (c *Cache) call(ctx context.Context, load func(context.Context) (any, error)) (v any, dur time.Duration, err error) {
+// *PanicError. The loader runs in a goroutine of its own: one that ignores
+// its ctx would otherwise hold every caller of the flight, and every later
+// caller of the same epoch, for ever. Past LoadTimeout plus loadGrace call
+// returns ErrLoadTimeout and leaves the loader to finish alone; its result
+// is dropped.
+func (c *Cache) call(ctx context.Context, load func(context.Context) (any, error)) (any, time.Duration, error) {
 	c.stats.loads.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
 	defer cancel()
 	start := time.Now()
-	defer func() {
-		dur = time.Since(start)
-		if r := recover(); r != nil {
-			v, err = nil, panicked(c, r)
-		}
+	type result struct {
+		v   any
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- result{err: panicked(c, r)}
+			}
+		}()
+		v, err := load(ctx)
+		done <- result{v, err}
 	}()
-	v, err = load(ctx)
-	return v, 0, err
+	select {
+	case r := <-done:
+		return r.v, time.Since(start), r.err
+	case <-ctx.Done():
+	}
+	grace := time.NewTimer(loadGrace)
+	defer grace.Stop()
+	select {
+	case r := <-done:
+		return r.v, time.Since(start), r.err
+	case <-grace.C:
+		c.log.Error("cache: loader ignored its context; its callers are released", "timeout", c.cfg.LoadTimeout)
+		return nil, time.Since(start), ErrLoadTimeout
+	}
 }
 
 // panicked turns a recovered panic into a *PanicError, logged, with the
