@@ -11,7 +11,7 @@ import (
 type BatchLoaderFunc[T any] func(ctx context.Context, keys []string) (map[string]T, error)
 
 // FetchMany is Fetch for many keys: one MGET on the hit path (a pipeline of
-// GETs on a ClusterClient or Ring, whose keys may live on different nodes),
+// GETs on a ClusterClient, whose keys may live on different nodes),
 // leases for the missing keys in one pipeline, one loader call for all of
 // them, and the fills in one pipeline. Keys that another process is loading
 // are waited for after that; those it does not deliver within

@@ -56,8 +56,7 @@ func benchClients(b *testing.B) (*cache.Cache, *redis.Client, string) {
 // benchClientsOn is benchClients with clients made by client.
 func benchClientsOn(b *testing.B, client func(testing.TB) *redis.Client) (*cache.Cache, *redis.Client, string) {
 	base := uniqueBase(b)
-	c := cache.New(client(b), &cache.Options{Prefix: base + "-gen:", TTL: time.Hour})
-	b.Cleanup(func() { c.Close() })
+	c := mustNew(b, client(b), &cache.Options{Prefix: base + "-gen:", TTL: time.Hour})
 	return c, client(b), base
 }
 

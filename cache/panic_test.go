@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -45,7 +46,7 @@ func TestCodecPanicOnMissGivesLeaseBack(t *testing.T) {
 	assert.Zero(t, n, "the lease was given back")
 
 	// Another process fills at once, without waiting for the lease.
-	u, err := cache.Fetch(ctx, f.cache(&cache.Options{LeaseWait: 1}), key, f.loader(1))
+	u, err := cache.Fetch(ctx, f.cache(&cache.Options{LeaseWait: time.Millisecond}), key, f.loader(1))
 	require.NoError(t, err)
 	assert.Equal(t, "ann", u.Name)
 	raw, err := f.rdb.Get(ctx, key).Bytes()

@@ -86,9 +86,21 @@ func run(ctx context.Context) error {
 		}
 	}
 
-	rdb := redis.NewClient(&redis.Options{Addr: env.RedisAddr()})
+	// ContextTimeoutEnabled lets the cache give up on a hung Redis in time
+	// to answer from MySQL; the timeouts bound the calls that carry none.
+	rdb := redis.NewClient(&redis.Options{
+		Addr:                  env.RedisAddr(),
+		ContextTimeoutEnabled: true,
+		DialTimeout:           100 * time.Millisecond,
+		ReadTimeout:           100 * time.Millisecond,
+		WriteTimeout:          100 * time.Millisecond,
+		PoolTimeout:           100 * time.Millisecond,
+	})
 	defer rdb.Close()
-	c := cache.New(rdb, &cache.Options{TTL: 10 * time.Minute, TombstoneTTL: 100 * time.Millisecond})
+	c, err := cache.New(rdb, &cache.Options{TTL: 10 * time.Minute, TombstoneTTL: 100 * time.Millisecond})
+	if err != nil {
+		return err
+	}
 	defer c.Close()
 	users := &Users{db: db, cache: c}
 
