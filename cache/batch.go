@@ -11,7 +11,7 @@ import (
 type BatchLoaderFunc[T any] func(ctx context.Context, keys []string) (map[string]T, error)
 
 // FetchMany is Fetch for many keys: one MGET on the hit path (a pipeline of
-// GETs on a ClusterClient or Ring, whose keys may live on different nodes),
+// GETs on a ClusterClient, whose keys may live on different nodes),
 // leases for the missing keys in one pipeline, one loader call for all of
 // them, and the fills in one pipeline. Keys that another process is loading
 // are waited for after that; those it does not deliver within
@@ -209,11 +209,19 @@ func (b *batch[T]) acquire(ctx context.Context) {
 
 // loadAndFill loads the owned and the no-fill keys in one loader call and
 // fills the owned ones.
-func (b *batch[T]) loadAndFill(ctx context.Context) error {
+func (b *batch[T]) loadAndFill(ctx context.Context) (err error) {
 	c := b.c
 	if len(b.owned)+len(b.noFill) == 0 {
 		return nil
 	}
+	// A codec panic while filling would leave the leases behind until
+	// LeaseTTL: give them back, and return the panic as an error.
+	defer func() {
+		if r := recover(); r != nil {
+			err = panicked(c, r)
+			b.giveBack(ctx)
+		}
+	}()
 	keys := make([]string, 0, len(b.owned)+len(b.noFill))
 	for _, p := range b.owned {
 		keys = append(keys, p.key)

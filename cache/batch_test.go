@@ -51,19 +51,12 @@ func TestFetchMany(t *testing.T) {
 		client func(t *testing.T) (redis.UniversalClient, *counter)
 	}{
 		{"Client", func(t *testing.T) (redis.UniversalClient, *counter) { return counted(t) }},
-		{"Ring", func(t *testing.T) (redis.UniversalClient, *counter) {
-			r := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": env.RedisAddr()}})
-			t.Cleanup(func() { r.Close() })
-			n := &counter{}
-			r.AddHook(n)
-			return r, n
-		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
 			ctx := context.Background()
 			rdb, calls := tc.client(t)
-			c := cache.New(rdb, &cache.Options{Prefix: f.base + "-gen:"})
+			c := mustNew(t, rdb, &cache.Options{Prefix: f.base + "-gen:"})
 			defer c.Close()
 			k1, k2, k3 := f.key("user", 1), f.key("user", 2), f.key("user", 3)
 			bl := &batchLoader{f: f, ids: map[string]int64{k1: 1, k2: 2, k3: 3}}

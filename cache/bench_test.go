@@ -46,11 +46,32 @@ func profileLoader(id int64) cache.LoaderFunc[profile] {
 
 // benchClients returns a Cache and, on its own connection pool, a raw
 // client, both on the harness's Redis, and a unique key start.
+// benchClients returns a Cache and a raw client on go-redis's default
+// options, which ignore context deadlines (so Fetch does not bound its
+// requests, see Options.RedisTimeout).
 func benchClients(b *testing.B) (*cache.Cache, *redis.Client, string) {
+	return benchClientsOn(b, env.RedisClient)
+}
+
+// benchClientsOn is benchClients with clients made by client.
+func benchClientsOn(b *testing.B, client func(testing.TB) *redis.Client) (*cache.Cache, *redis.Client, string) {
 	base := uniqueBase(b)
-	c := cache.New(env.RedisClient(b), &cache.Options{Prefix: base + "-gen:", TTL: time.Hour})
-	b.Cleanup(func() { c.Close() })
-	return c, env.RedisClient(b), base
+	c := mustNew(b, client(b), &cache.Options{Prefix: base + "-gen:", TTL: time.Hour})
+	return c, client(b), base
+}
+
+// recommendedClient returns a client of the harness's Redis with the
+// options the package documentation recommends, closed at the end.
+func recommendedClient(t testing.TB) *redis.Client {
+	rdb := env.NewRedis(&redis.Options{
+		ContextTimeoutEnabled: true,
+		DialTimeout:           100 * time.Millisecond,
+		ReadTimeout:           100 * time.Millisecond,
+		WriteTimeout:          100 * time.Millisecond,
+		PoolTimeout:           100 * time.Millisecond,
+	})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
 }
 
 // setRaw stores, for the raw client's side of a comparison, the JSON of
@@ -177,7 +198,17 @@ func BenchmarkRawGetJSONParallel(b *testing.B) {
 // json.Unmarshal of the same value, so that both see the same machine load,
 // and reports each one's mean and their ratio.
 func BenchmarkFetchHitVsRaw(b *testing.B) {
-	c, rdb, base := benchClients(b)
+	benchFetchHitVsRaw(b, env.RedisClient)
+}
+
+// BenchmarkFetchHitVsRawBounded is BenchmarkFetchHitVsRaw on clients with
+// the recommended options: Fetch bounds each GET with Options.RedisTimeout.
+func BenchmarkFetchHitVsRawBounded(b *testing.B) {
+	benchFetchHitVsRaw(b, recommendedClient)
+}
+
+func benchFetchHitVsRaw(b *testing.B, client func(testing.TB) *redis.Client) {
+	c, rdb, base := benchClientsOn(b, client)
 	ctx := context.Background()
 	key, rawKey := base+"user:1", base+"raw:1"
 	load := profileLoader(1)
@@ -185,6 +216,7 @@ func BenchmarkFetchHitVsRaw(b *testing.B) {
 	require.NoError(b, err)
 	setRaw(b, rdb, 1, rawKey)
 	var fetchNs, rawNs time.Duration
+	b.ReportAllocs()
 	for b.Loop() {
 		t0 := time.Now()
 		p, err := cache.Fetch(ctx, c, key, load)

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,13 +25,19 @@ var (
 	// for a missing row, a cached not-found entry or a key the Filter rejects.
 	ErrNotFound = errors.New("cache: not found")
 
+	// ErrLoadTimeout is returned to the callers of a load whose loader has
+	// not returned 100ms after Options.LoadTimeout (it ignores its ctx).
+	// The next caller starts a new load.
+	ErrLoadTimeout = errors.New("cache: loader did not return within LoadTimeout")
+
 	// ErrLoaderPanic is wrapped by the *PanicError that every caller waiting
-	// on a load receives when the loader panics.
+	// on a load receives when the loader panics, or the codec does while
+	// the load is under way (a lease taken for it is given back).
 	ErrLoaderPanic = errors.New("cache: loader panicked")
 )
 
-// PanicError carries a loader's panic to every caller of the load. It
-// unwraps to ErrLoaderPanic.
+// PanicError carries a loader's (or the codec's) panic to every caller of
+// the load. It unwraps to ErrLoaderPanic.
 type PanicError struct {
 	// Value is what the loader panicked with.
 	Value any
@@ -68,8 +76,8 @@ type Options struct {
 	// TTL is the time to live of a filled value, before jitter. Default: 10m.
 	TTL time.Duration
 	// Jitter spreads every TTL uniformly over [TTL*(1-Jitter), TTL] so keys
-	// filled together do not expire together. A negative value disables it;
-	// values above 1 mean 1. Default: 0.1.
+	// filled together do not expire together. It is a fraction in (0, 1];
+	// NoJitter disables it. Default: 0.1.
 	Jitter float64
 	// NotFoundTTL is the time to live of a not-found entry, before jitter.
 	// Default: 30s.
@@ -87,7 +95,9 @@ type Options struct {
 	// waiters never spin on Redis.
 	// Default: 2ms.
 	LeasePoll time.Duration
-	// LoadTimeout bounds one loader call. Default: LeaseTTL.
+	// LoadTimeout bounds one loader call: its ctx ends then, and callers
+	// wait at most 100ms more for a loader that ignores it (they get
+	// ErrLoadTimeout). Default: LeaseTTL.
 	LoadTimeout time.Duration
 	// TombstoneTTL, when positive, makes Invalidate leave a tombstone for this
 	// long instead of deleting the key: readers load from the source and do
@@ -143,13 +153,24 @@ type Options struct {
 	// BreakerCooldown is how long the breaker stays open before one read
 	// probes Redis again. Default: 1s.
 	BreakerCooldown time.Duration
+	// RedisTimeout bounds each Redis request of a read (its GET, lease,
+	// polls and fill), and never exceeds half the time left before the
+	// caller's deadline, so that a read whose Redis hangs still has time to
+	// be answered by the loader. A request cut short counts as a Redis
+	// failure for the breaker. go-redis honours it only with
+	// redis.Options.ContextTimeoutEnabled (see the package documentation
+	// for the recommended client options). A negative value leaves every
+	// request to the client's own timeouts, and spares the hit path the
+	// bound's timer. Default: 100ms.
+	RedisTimeout time.Duration
 	// MaxDegradedLoads bounds concurrent loader calls of reads that bypass
 	// Redis; excess reads wait for a slot or their context. Default: 4*GOMAXPROCS.
 	MaxDegradedLoads int
 }
 
-// Validate reports the first setting that is out of range, naming the fix.
-// New replaces such settings by their defaults and logs the same message.
+// Validate reports the first setting that is out of range, naming it and
+// the fix. New returns the same error: a bad setting is never replaced by
+// a default in silence.
 func (o *Options) Validate() error {
 	if o == nil {
 		return nil
@@ -159,14 +180,24 @@ func (o *Options) Validate() error {
 			return err
 		}
 	}
-	if o.EarlyRefresh < 0 {
+	switch j := o.Jitter; {
+	case math.IsNaN(j) || j > 1 || (j < 0 && j != NoJitter):
+		return fmt.Errorf("cache: Options.Jitter is %v; use a fraction in (0, 1], 0 for the default 0.1, or NoJitter", j)
+	}
+	if math.IsNaN(o.EarlyRefresh) || math.IsInf(o.EarlyRefresh, 0) || o.EarlyRefresh < 0 {
 		return fmt.Errorf("cache: Options.EarlyRefresh is %v; use 0 to disable or a positive beta such as 1", o.EarlyRefresh)
 	}
-	if o.BreakerThreshold < 0 || o.MaxDegradedLoads < 0 {
-		return errors.New("cache: Options.BreakerThreshold and Options.MaxDegradedLoads must not be negative; use 0 for the default")
+	if o.BreakerThreshold < 0 {
+		return fmt.Errorf("cache: Options.BreakerThreshold is %d; use 0 for the default or a positive count", o.BreakerThreshold)
+	}
+	if o.MaxDegradedLoads < 0 {
+		return fmt.Errorf("cache: Options.MaxDegradedLoads is %d; use 0 for the default or a positive count", o.MaxDegradedLoads)
 	}
 	return nil
 }
+
+// NoJitter is the Options.Jitter that disables jitter (0 means the default).
+const NoJitter = -1.0
 
 type namedDuration struct {
 	name string
@@ -207,16 +238,6 @@ func newConfig(opts *Options) config {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := o.Validate(); err != nil {
-		o.Logger.Error("invalid cache options; using defaults for them", "err", err)
-		for _, d := range o.durations() {
-			if checkDuration(d.name, *d.v) != nil {
-				*d.v = 0
-			}
-		}
-		o.EarlyRefresh = max(o.EarlyRefresh, 0)
-		o.BreakerThreshold, o.MaxDegradedLoads = max(o.BreakerThreshold, 0), max(o.MaxDegradedLoads, 0)
-	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -233,6 +254,9 @@ func newConfig(opts *Options) config {
 	def(&o.VersionTTL, time.Minute)
 	def(&o.GenerationRefresh, time.Second)
 	def(&o.BreakerCooldown, time.Second)
+	if o.RedisTimeout == 0 {
+		o.RedisTimeout = 100 * time.Millisecond
+	}
 	if o.Prefix == "" {
 		o.Prefix = "cacheaside:"
 	}
@@ -246,13 +270,11 @@ func newConfig(opts *Options) config {
 		o.MaxDegradedLoads = 4 * runtime.GOMAXPROCS(0)
 	}
 	c := config{Options: o, jitter: o.Jitter}
-	switch {
-	case o.Jitter == 0:
+	switch o.Jitter {
+	case 0:
 		c.jitter = 0.1
-	case o.Jitter < 0:
+	case NoJitter:
 		c.jitter = 0
-	case o.Jitter > 1:
-		c.jitter = 1
 	}
 	return c
 }
@@ -264,11 +286,14 @@ const epochSlots = 4096
 // Cache is a read-through cache over one Redis deployment. It is safe for
 // concurrent use; create one per process and share it.
 type Cache struct {
-	rdb     redis.UniversalClient
-	cfg     config
-	codec   Codec
-	log     *slog.Logger
-	single  bool // rdb is a *redis.Client: MGET may span any keys
+	rdb    redis.UniversalClient
+	cfg    config
+	codec  Codec
+	log    *slog.Logger
+	single bool // rdb is a *redis.Client: MGET may span any keys
+	// bounded says rdb honours context deadlines, so Options.RedisTimeout
+	// can cut a request short (see bound).
+	bounded bool
 	gens    *generations
 	breaker breaker
 	sem     chan struct{}
@@ -295,11 +320,18 @@ type Cache struct {
 	hookJoined      func(flightKey string)
 }
 
-// New returns a Cache that stores entries in rdb (a *redis.Client,
-// *redis.ClusterClient or *redis.Ring). opts may be nil for defaults. New does
-// no I/O; settings that Options.Validate rejects are replaced by defaults and
-// logged.
-func New(rdb redis.UniversalClient, opts *Options) *Cache {
+// New returns a Cache that stores entries in rdb (a *redis.Client or a
+// *redis.ClusterClient that reads from masters). opts may be nil for
+// defaults. New does no I/O; it returns an error that names the setting
+// for options that Options.Validate rejects and for a client that would
+// break the guarantee (see checkClient).
+func New(rdb redis.UniversalClient, opts *Options) (*Cache, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if err := checkClient(rdb); err != nil {
+		return nil, err
+	}
 	cfg := newConfig(opts)
 	_, single := rdb.(*redis.Client)
 	c := &Cache{
@@ -315,8 +347,83 @@ func New(rdb redis.UniversalClient, opts *Options) *Cache {
 		timers: make(map[*time.Timer]struct{}),
 	}
 	c.breaker.init(cfg.BreakerThreshold, cfg.BreakerCooldown, c.log)
-	return c
+	c.bounded = cfg.RedisTimeout > 0 && honoursContext(rdb)
+	if cfg.RedisTimeout > 0 && !c.bounded {
+		c.log.Warn("cache: the Redis client ignores context deadlines, so a hung Redis holds each read for the client's ReadTimeout; set ContextTimeoutEnabled in its options")
+	}
+	return c, nil
 }
+
+// checkClient refuses the clients that would serve a value older than an
+// invalidation that has returned:
+//
+//   - *redis.Ring drops a shard that fails its health checks from its hash
+//     ring and sends the shard's keys to another shard. An invalidation
+//     made meanwhile lands on that other shard; when the first shard
+//     returns, its old value (or a lease whose fill then succeeds) is
+//     served again until its TTL. No Ring option turns the rehashing off,
+//     so Ring is refused.
+//   - A *redis.ClusterClient with ReadOnly, RouteByLatency or RouteRandomly
+//     sends GETs to replicas, which apply an invalidation after the master
+//     acknowledged it: a Fetch that starts after Invalidate returned may
+//     read the old value there, and leases and fills on the master would
+//     not see what the read saw.
+func checkClient(rdb redis.UniversalClient) error {
+	switch r := rdb.(type) {
+	case nil:
+		return errors.New("cache: New needs a Redis client, got nil")
+	case *redis.Ring:
+		return errors.New("cache: *redis.Ring is not supported: it moves a failing shard's keys to another shard, and invalidations made meanwhile are lost when the shard returns; use a *redis.ClusterClient or a *redis.Client")
+	case *redis.ClusterClient:
+		o := r.Options()
+		var set []string
+		for _, f := range []struct {
+			name string
+			on   bool
+		}{{"ReadOnly", o.ReadOnly}, {"RouteByLatency", o.RouteByLatency}, {"RouteRandomly", o.RouteRandomly}} {
+			if f.on {
+				set = append(set, f.name)
+			}
+		}
+		if len(set) > 0 {
+			return fmt.Errorf("cache: redis.ClusterOptions.%s is set: reads from replicas may miss an invalidation that has returned; turn it off for the cache's client", strings.Join(set, ", "))
+		}
+	}
+	return nil
+}
+
+// honoursContext reports whether rdb ends a request at its context's
+// deadline: go-redis does only with ContextTimeoutEnabled. Clients of
+// other types are assumed to.
+func honoursContext(rdb redis.UniversalClient) bool {
+	switch r := rdb.(type) {
+	case *redis.Client:
+		return r.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return r.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// bound returns ctx limited for one Redis request of a read: at most
+// Options.RedisTimeout, and at most half the time ctx has left, so that
+// the loader still has the other half when Redis does not answer. The
+// caller judges the outcome with ctx itself (redisResult): a request cut
+// short while ctx is alive is a Redis failure. It costs the hit path a
+// timer context (five allocations, a few percent of a GET on loopback);
+// a negative RedisTimeout leaves requests to the client's own timeouts.
+func (c *Cache) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if !c.bounded {
+		return ctx, noCancel
+	}
+	d := c.cfg.RedisTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl)/2)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+func noCancel() {}
 
 // Close cancels pending delayed invalidations and waits for running ones and
 // for early refreshes started by Fetch. It does not close the Redis client.

@@ -60,7 +60,7 @@ func TestClusterClient(t *testing.T) {
 	keys := []string{f.key("user", 1), f.key("user", 2), f.key("order", 3)}
 	require.Error(t, rdb.MGet(ctx, keys...).Err(), "keys in different slots: no MGET")
 
-	c := cache.New(rdb, &cache.Options{Prefix: "{gen}:"})
+	c := mustNew(t, rdb, &cache.Options{Prefix: "{gen}:"})
 	defer c.Close()
 	u, err := cache.Fetch(ctx, c, keys[0], f.loader(1))
 	require.NoError(t, err)

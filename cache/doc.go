@@ -94,7 +94,7 @@
 //     is neither served nor put back after a failed load.
 //
 // FetchMany does the same for many keys with one MGET (a pipeline of GETs
-// on a ClusterClient or Ring), one pipeline of leases, one loader call for
+// on a ClusterClient), one pipeline of leases, one loader call for
 // all missing keys and one pipeline of fills. Its leases and fills run to
 // the end even if the caller's context ends (bounded by Options.LeaseTTL),
 // so it leaves no lease behind. A key that changes under it (to bytes that
@@ -149,6 +149,37 @@
 // decode (another writer, another format version, another Redis type) are a
 // miss; strings are replaced through the lease, other types are left alone.
 //
+// # A hung or dead Redis
+//
+// Every Redis request of a read (the GET, a lease, a poll, a fill) is
+// bounded by Options.RedisTimeout (100ms) and by half the time left
+// before the caller's deadline, whichever is sooner; a request cut short
+// while the caller still waits is a Redis failure. So with a Redis that
+// accepts connections and never answers, or one that was killed, a read
+// gives up on Redis in time to be answered by the loader within the
+// caller's deadline, and after Options.BreakerThreshold such reads the
+// breaker opens and reads stop touching Redis. The bound after Redis dies:
+// no Fetch waits longer than RedisTimeout for Redis to answer, since the
+// first request that is not answered in time sends the read to the loader.
+//
+// go-redis ignores context deadlines unless told otherwise, and then a
+// hung request waits for ReadTimeout (seconds) and its retries, and a dead
+// server costs seconds of dial retries. Create the client with:
+//
+//	redis.Options{
+//		ContextTimeoutEnabled: true,                   // required: lets RedisTimeout and callers' deadlines end a request
+//		DialTimeout:           100 * time.Millisecond, // the calls that carry no bound of their own (Invalidate, Write)
+//		ReadTimeout:           100 * time.Millisecond, // idem
+//		WriteTimeout:          100 * time.Millisecond, // idem
+//		PoolTimeout:           100 * time.Millisecond, // a pool whose connections all hang
+//	}
+//
+// (the same fields exist in redis.ClusterOptions and
+// redis.FailoverOptions). New logs a warning for a client without
+// ContextTimeoutEnabled. The bound costs each hit a timer context, five
+// allocations (BenchmarkFetchHitVsRawBounded); a negative RedisTimeout
+// leaves requests to the client's own timeouts and spares it.
+//
 // # Design notes
 //
 // The lease lives in the key rather than in a lock key beside it: a hit is
@@ -167,9 +198,25 @@
 //
 // Every script (lease.lua, fill.lua, bump.lua, invalidate.lua,
 // versioned_tombstone.lua) touches exactly one key, and
-// multi-key reads and writes are pipelines, so *redis.Client,
-// *redis.ClusterClient and *redis.Ring all work. Only the generation keys
-// carry Options.Prefix; user keys are used as given.
+// multi-key reads and writes are pipelines, so *redis.Client (alone or
+// from a Sentinel failover client) and *redis.ClusterClient both work.
+// Only the generation keys carry Options.Prefix; user keys are used as
+// given.
+//
+// New refuses the clients that read around an invalidation, rather than
+// document a bound it cannot keep: *redis.Ring, which moves a failing
+// shard's keys to another shard (invalidations made meanwhile are lost
+// when the shard returns, and no Ring option stops the rehashing), and a
+// ClusterClient with ReadOnly, RouteByLatency or RouteRandomly, which
+// reads from replicas that may not have applied an invalidation that
+// already returned. New cannot see a failover client built with
+// ReplicaOnly or RouteRandomly (it is a plain *redis.Client): do not use
+// one for the cache, for the same reason.
+//
+// Options are checked by New, not repaired: a bad setting (a NaN Jitter,
+// a negative TTL) is an error that names it, since a default put in its
+// place in silence (a NaN Jitter once made every TTL 1ms) hides the
+// mistake until it costs.
 //
 // Values that concurrent callers share through one load are shared, not
 // copied: treat them as read-only.

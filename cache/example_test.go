@@ -82,8 +82,13 @@ func Example() {
 	db, rdb, done := exampleServers()
 	defer done()
 
-	repo := &UserRepo{db: db, cache: cache.New(rdb, nil)}
-	defer repo.cache.Close()
+	c, err := cache.New(rdb, nil)
+	if err != nil {
+		fmt.Println(err) // a bad setting, named
+		return
+	}
+	defer c.Close()
+	repo := &UserRepo{db: db, cache: c}
 
 	u, err := repo.User(ctx, 1) // a miss: loaded from MariaDB and cached
 	fmt.Println(u.Name, err)
@@ -154,7 +159,11 @@ func ExampleCache_InvalidateVersions() {
 	ctx := context.Background()
 	rdb := env.NewRedis(nil)
 	defer rdb.Close()
-	c := cache.New(rdb, nil)
+	c, err := cache.New(rdb, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
 	defer c.Close()
 	key := "doc:" + uniqueBaseNoCleanup()
 	defer rdb.Del(ctx, key)

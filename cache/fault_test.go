@@ -26,7 +26,7 @@ func TestRedisDownServesFromSourceAndRecovers(t *testing.T) {
 	calls := &counter{}
 	rdb.AddHook(calls)
 	const threshold, cooldown = 3, 300 * time.Millisecond
-	c := cache.New(rdb, &cache.Options{
+	c := mustNew(t, rdb, &cache.Options{
 		Prefix:           f.base + "-gen:",
 		BreakerThreshold: threshold,
 		BreakerCooldown:  cooldown,

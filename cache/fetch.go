@@ -136,7 +136,7 @@ func join[T any](ctx context.Context, c *Cache, key, fk string, seen readPoint, 
 		// goroutine.
 		defer func() {
 			if r := recover(); r != nil {
-				v, err = sharedResult{basis: basis{at: 1<<63 - 1}}, &PanicError{Value: r, Stack: debug.Stack()}
+				v, err = sharedResult{basis: basis{at: 1<<63 - 1}}, panicked(c, r)
 			}
 		}()
 		v, b, err := fn(detached)
@@ -191,7 +191,14 @@ func refreshEarly[T any](ctx context.Context, c *Cache, key string, g *generatio
 		defer c.background.Done()
 		defer c.refreshing.Delete(key)
 		fk, _ := c.flightKey(key)
-		_, err, _ := c.group.Do(fk, func() (any, error) {
+		_, err, _ := c.group.Do(fk, func() (res any, err error) {
+			// As in join: a panic here would end the process. Callers
+			// that joined the refresh get it as an error.
+			defer func() {
+				if r := recover(); r != nil {
+					res, err = sharedResult{basis: basis{at: 1<<63 - 1}}, panicked(c, r)
+				}
+			}()
 			v, err := f.refresh(detached, e)
 			return sharedResult{v, f.basis}, err
 		})
@@ -201,22 +208,56 @@ func refreshEarly[T any](ctx context.Context, c *Cache, key string, g *generatio
 	}()
 }
 
+// loadGrace is how long past Options.LoadTimeout a load is waited for
+// before its callers are given ErrLoadTimeout.
+const loadGrace = 100 * time.Millisecond
+
 // call runs a loader with Options.LoadTimeout and turns a panic into a
-// *PanicError.
-func (c *Cache) call(ctx context.Context, load func(context.Context) (any, error)) (v any, dur time.Duration, err error) {
+// *PanicError. The loader runs in a goroutine of its own: one that ignores
+// its ctx would otherwise hold every caller of the flight, and every later
+// caller of the same epoch, for ever. Past LoadTimeout plus loadGrace call
+// returns ErrLoadTimeout and leaves the loader to finish alone; its result
+// is dropped.
+func (c *Cache) call(ctx context.Context, load func(context.Context) (any, error)) (any, time.Duration, error) {
 	c.stats.loads.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
 	defer cancel()
 	start := time.Now()
-	defer func() {
-		dur = time.Since(start)
-		if r := recover(); r != nil {
-			v, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
-			c.log.Error("cache: loader panicked", "panic", r)
-		}
+	type result struct {
+		v   any
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- result{err: panicked(c, r)}
+			}
+		}()
+		v, err := load(ctx)
+		done <- result{v, err}
 	}()
-	v, err = load(ctx)
-	return v, 0, err
+	select {
+	case r := <-done:
+		return r.v, time.Since(start), r.err
+	case <-ctx.Done():
+	}
+	grace := time.NewTimer(loadGrace)
+	defer grace.Stop()
+	select {
+	case r := <-done:
+		return r.v, time.Since(start), r.err
+	case <-grace.C:
+		c.log.Error("cache: loader ignored its context; its callers are released", "timeout", c.cfg.LoadTimeout)
+		return nil, time.Since(start), ErrLoadTimeout
+	}
+}
+
+// panicked turns a recovered panic into a *PanicError, logged, with the
+// stack of the goroutine that panicked (call it from the deferred recover).
+func panicked(c *Cache, r any) *PanicError {
+	c.log.Error("cache: loader or codec panicked", "panic", r)
+	return &PanicError{Value: r, Stack: debug.Stack()}
 }
 
 func nowMs() uint64 { return uint64(time.Now().UnixMilli()) }

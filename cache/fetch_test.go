@@ -65,7 +65,7 @@ func TestFilterRejectsWithoutRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	rdb, calls := counted(t)
 	known := f.key("user", 1)
-	c := cache.New(rdb, &cache.Options{Prefix: f.base + "-gen:", Filter: filterFunc(func(k string) bool { return k == known })})
+	c := mustNew(t, rdb, &cache.Options{Prefix: f.base + "-gen:", Filter: filterFunc(func(k string) bool { return k == known })})
 	defer c.Close()
 
 	_, err := cache.Fetch(ctx, c, f.key("user", 404), f.loader(404))

@@ -191,8 +191,17 @@ func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
 // stamp carries the generations known when the lease was taken: a bump after
 // it makes the fill stale, as the load may predate the bump. restore is the
 // entry a refresh lease replaced, put back if the load fails.
-func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, restore *entry) (any, error) {
+func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, restore *entry) (v any, err error) {
 	c := f.c
+	// The loader's panics are caught by call; a panic after it (the
+	// codec's Marshal) would leave the lease holding every process off the
+	// key until LeaseTTL. Give it back, and hand the panic to the callers.
+	defer func() {
+		if r := recover(); r != nil {
+			v, err = nil, panicked(c, r)
+			f.giveBack(ctx, prefix, restore, &stamp)
+		}
+	}()
 	v, dur, err := c.call(ctx, f.load)
 	if c.hookAfterLoad != nil {
 		c.hookAfterLoad(f.key)

@@ -53,6 +53,8 @@ func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl
 	if seen == nil {
 		seen = []byte{}
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	mode := "0"
 	if strict {
 		mode = "1"
@@ -79,9 +81,13 @@ func (c *Cache) leaseStamp(g *generation, now uint64) header {
 
 // detach returns a context for a lease or fill request that must be
 // completed even if the caller has left (a lease left behind holds other
-// processes back until it expires), bounded by LeaseTTL.
+// processes back until it expires), bounded by Options.RedisTimeout (by
+// LeaseTTL when the client ignores deadlines).
 func (c *Cache) detach(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LeaseTTL)
+	if !c.bounded {
+		return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.LeaseTTL)
+	}
+	return c.bound(context.WithoutCancel(ctx))
 }
 
 // fill stores entry at key with ttl if the key still holds the lease whose
@@ -90,6 +96,8 @@ func (c *Cache) fill(ctx context.Context, key string, prefix, entry []byte, ttl 
 	if entry == nil {
 		entry = []byte{}
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	n, err := fillScript.Run(ctx, c.rdb, []string{key}, prefix, entry, max(ttl.Milliseconds(), 1)).Int64()
 	return n == 1, err
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,10 +21,10 @@ func TestJittered(t *testing.T) {
 	}{
 		{0, 90 * time.Second, 100 * time.Second}, // default 0.1
 		{0.5, 50 * time.Second, 100 * time.Second},
-		{-1, 100 * time.Second, 100 * time.Second},
-		{7, 0, 100 * time.Second},
+		{NoJitter, 100 * time.Second, 100 * time.Second},
+		{1, 0, 100 * time.Second},
 	} {
-		c := New(nil, &Options{Jitter: tc.jitter})
+		c := newOffline(t, &Options{Jitter: tc.jitter})
 		for range 1000 {
 			d := c.jittered(100 * time.Second)
 			require.True(t, d >= max(tc.lo, time.Millisecond) && d <= tc.hi, "jitter %v: %v", tc.jitter, d)
@@ -45,7 +47,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestRefreshDue(t *testing.T) {
-	c := New(nil, &Options{EarlyRefresh: 1})
+	c := newOffline(t, &Options{EarlyRefresh: 1})
 	now := nowMs()
 	expired := header{filled: now - 10_000, ttl: 5_000, loadDur: 10}
 	assert.True(t, c.refreshDue(&expired))
@@ -69,22 +71,43 @@ func TestRefreshDue(t *testing.T) {
 	assert.InDelta(t, 368, n, 100)
 }
 
+// newOffline returns a Cache on a client that is never used.
+func newOffline(t *testing.T, o *Options) *Cache {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { rdb.Close() })
+	c, err := New(rdb, o)
+	require.NoError(t, err)
+	return c
+}
+
+// A bad setting is an error from New that names it, never a default in
+// silence.
 func TestValidate(t *testing.T) {
 	assert.NoError(t, (*Options)(nil).Validate())
 	assert.NoError(t, (&Options{}).Validate())
+	assert.NoError(t, (&Options{Jitter: NoJitter, RedisTimeout: -1}).Validate())
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer rdb.Close()
 	for name, o := range map[string]Options{
 		"TTL":              {TTL: -time.Second},
 		"LeaseTTL":         {LeaseTTL: time.Microsecond},
 		"EarlyRefresh":     {EarlyRefresh: -1},
 		"BreakerThreshold": {BreakerThreshold: -1},
+		"MaxDegradedLoads": {MaxDegradedLoads: -2},
+		"Jitter":           {Jitter: math.NaN()},
+		"Jitter ":          {Jitter: 1.5},
+		"Jitter  ":         {Jitter: -0.5},
+		"EarlyRefresh ":    {EarlyRefresh: math.Inf(1)},
 	} {
+		name = strings.TrimSpace(name)
 		err := o.Validate()
 		require.Error(t, err, name)
-		assert.Contains(t, err.Error(), name)
-		c := New(nil, &o) // replaced by defaults
-		assert.Equal(t, 10*time.Minute, c.cfg.TTL)
-		assert.Equal(t, 3*time.Second, c.cfg.LeaseTTL)
-		assert.Equal(t, 5, c.cfg.BreakerThreshold)
+		assert.Contains(t, err.Error(), "Options."+name)
+		c, err := New(rdb, &o)
+		assert.Nil(t, c)
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), "Options."+name)
 	}
 }
 
@@ -135,7 +158,7 @@ func TestBreaker(t *testing.T) {
 // A call cancelled while the breaker is half-open ends the probe only if it
 // is the probe.
 func TestBreakerCancelledCallKeepsProbe(t *testing.T) {
-	c := New(nil, &Options{BreakerThreshold: 1, BreakerCooldown: time.Millisecond})
+	c := newOffline(t, &Options{BreakerThreshold: 1, BreakerCooldown: time.Millisecond})
 	c.breaker.failure(errors.New("dial tcp: connection refused"))
 	time.Sleep(2 * time.Millisecond)
 	ok, probe := c.breaker.allow()
@@ -152,11 +175,35 @@ func TestBreakerCancelledCallKeepsProbe(t *testing.T) {
 }
 
 func TestLeasePollFloor(t *testing.T) {
-	c := New(nil, &Options{LeasePoll: time.Nanosecond})
+	c := newOffline(t, &Options{LeasePoll: time.Nanosecond})
 	assert.Equal(t, minLeasePoll, c.cfg.LeasePoll)
 	assert.NoError(t, (&Options{LeasePoll: time.Nanosecond}).Validate())
 	b := backoff{max: time.Nanosecond}
 	for range 10 {
 		assert.GreaterOrEqual(t, b.next(), minLeasePoll/2, "no pause shorter than half the floor")
 	}
+}
+
+// Clients that would read around an invalidation are refused, naming why.
+func TestNewRefusesUnsafeClients(t *testing.T) {
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1", "b": "127.0.0.1:2"}})
+	defer ring.Close()
+	_, err := New(ring, nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "Ring")
+
+	for _, o := range []redis.ClusterOptions{{ReadOnly: true}, {RouteByLatency: true}, {RouteRandomly: true}} {
+		o.Addrs = []string{"127.0.0.1:1"}
+		cc := redis.NewClusterClient(&o)
+		_, err := New(cc, nil)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "redis.ClusterOptions.")
+		cc.Close()
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	defer cc.Close()
+	_, err = New(cc, nil)
+	assert.NoError(t, err, "a ClusterClient that reads from masters")
+	_, err = New(nil, nil)
+	assert.Error(t, err)
 }

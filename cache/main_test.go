@@ -87,8 +87,15 @@ func (f *fixture) cacheOn(rdb redis.UniversalClient, opts *cache.Options) *cache
 	if o.Prefix == "" {
 		o.Prefix = f.base + "-gen:"
 	}
-	c := cache.New(rdb, &o)
-	f.t.Cleanup(func() { c.Close() })
+	return mustNew(f.t, rdb, &o)
+}
+
+// mustNew is cache.New, closed at the end of the test.
+func mustNew(t testing.TB, rdb redis.UniversalClient, o *cache.Options) *cache.Cache {
+	t.Helper()
+	c, err := cache.New(rdb, o)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 

@@ -87,10 +87,12 @@ func (c *Cache) corrupted(key string, err error) {
 
 // get reads key, pipelined with the generations whose refresh is due.
 func (c *Cache) get(ctx context.Context, key string, g *generation, start time.Time) ([]byte, bool, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	now := start.UnixNano()
 	allDue, nsDue := c.gens.all.due(now, c.gens.every), g.due(now, c.gens.every)
 	if !allDue && !nsDue {
-		return c.getRaw(ctx, key)
+		return bytesOf(c.rdb.Get(ctx, key))
 	}
 	claimed := make([]*generation, 0, 2)
 	if allDue {
@@ -109,7 +111,10 @@ func (c *Cache) get(ctx context.Context, key string, g *generation, start time.T
 	return bytesOf(get)
 }
 
+// getRaw reads key alone, within Options.RedisTimeout.
 func (c *Cache) getRaw(ctx context.Context, key string) ([]byte, bool, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	return bytesOf(c.rdb.Get(ctx, key))
 }
 
@@ -133,6 +138,8 @@ type value struct {
 // mget reads keys in one round trip, pipelined with the due generations
 // among gs: MGET on a single node, a pipeline of GETs otherwise.
 func (c *Cache) mget(ctx context.Context, keys []string, gs []*generation) ([]value, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	now := time.Now().UnixNano()
 	var claimed []*generation
 	if gs != nil {

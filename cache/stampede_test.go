@@ -125,7 +125,10 @@ func stampedeChild(ctx context.Context, env *testenv.Env) error {
 	defer db.Close()
 	rdb := env.NewRedis(nil)
 	defer rdb.Close()
-	c := cache.New(rdb, &cache.Options{Prefix: os.Getenv("STAMPEDE_PREFIX")})
+	c, err := cache.New(rdb, &cache.Options{Prefix: os.Getenv("STAMPEDE_PREFIX")})
+	if err != nil {
+		return err
+	}
 	defer c.Close()
 	key, loadsKey := os.Getenv("STAMPEDE_KEY"), os.Getenv("STAMPEDE_LOADS")
 	n, err := strconv.Atoi(os.Getenv("STAMPEDE_GOROUTINES"))

@@ -68,7 +68,7 @@ func TestInvalidateManyKeys(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	rdb, calls := counted(t)
-	c := cache.New(rdb, &cache.Options{Prefix: f.base + "-gen:"})
+	c := mustNew(t, rdb, &cache.Options{Prefix: f.base + "-gen:"})
 	defer c.Close()
 	keys := make([]string, 1200)
 	for i := range keys {

@@ -323,7 +323,10 @@ func childInvalidator(ctx context.Context, e *testenv.Env) error {
 	db, prefix := os.Getenv("DB"), os.Getenv("PREFIX")
 	rdb := e.NewRedis(nil)
 	defer rdb.Close()
-	c := cache.New(rdb, &cache.Options{Prefix: prefix, TombstoneTTL: chaosTombstone})
+	c, err := cache.New(rdb, &cache.Options{Prefix: prefix, TombstoneTTL: chaosTombstone})
+	if err != nil {
+		return err
+	}
 	defer c.Close()
 	rules, err := invalidate.NewRules(usersRules(db, prefix)...)
 	if err != nil {

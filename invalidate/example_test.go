@@ -32,7 +32,10 @@ func Example() {
 	if err := filter.Warm(ctx, bloom.Scan(ctx, db, prefix+"user:", "SELECT id FROM users")); err != nil {
 		log.Fatal(err)
 	}
-	c := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter, TombstoneTTL: 50 * time.Millisecond})
+	c, err := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter, TombstoneTTL: 50 * time.Millisecond})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer c.Close()
 
 	rules, err := invalidate.NewRules(invalidate.Rule{Schema: schema, Table: "users", Keys: []string{prefix + "user:{id}"}})

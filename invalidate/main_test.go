@@ -113,7 +113,9 @@ func newStack(t testing.TB, o stackOptions) *stack {
 		co = *o.cache
 	}
 	co.Prefix = s.prefix
-	s.cache = cache.New(s.rdb, &co)
+	var err error
+	s.cache, err = cache.New(s.rdb, &co)
+	require.NoError(t, err)
 	t.Cleanup(func() { s.cache.Close() })
 	rulesFor := usersRules
 	if o.rules != nil {

@@ -131,7 +131,10 @@ func childWriterDies(ctx context.Context, e *testenv.Env) error {
 		return err
 	}
 	rdb := e.NewRedis(nil)
-	c := cache.New(rdb, &cache.Options{Prefix: os.Getenv("PREFIX")})
+	c, err := cache.New(rdb, &cache.Options{Prefix: os.Getenv("PREFIX")})
+	if err != nil {
+		return err
+	}
 	if _, err := cache.Fetch(ctx, c, userKey(os.Getenv("PREFIX"), 3), func(ctx context.Context) (user, error) { return loadUser(ctx, db, 3) }); err != nil {
 		return err
 	}

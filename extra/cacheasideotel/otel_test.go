@@ -37,7 +37,8 @@ func TestMetricsReportRunningParts(t *testing.T) {
 
 	filter := bloom.New(rdb, prefix+"bloom", &bloom.Options{ExpectedItems: 1000})
 	require.NoError(t, filter.Warm(ctx, bloom.Scan(ctx, db, prefix+"user:", "SELECT id FROM users")))
-	c := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter})
+	c, err := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter})
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	rules, err := invalidate.NewRules(invalidate.Rule{Schema: schema, Table: "users", Keys: []string{prefix + "user:{id}"}})
 	require.NoError(t, err)

@@ -1,6 +1,7 @@
 package cacheasideprom_test
 
 import (
+	"log"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,7 +15,10 @@ import (
 // Register one collector for every part of the service and serve /metrics.
 func Example() {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	users := cache.New(rdb, &cache.Options{Prefix: "svc:"})
+	users, err := cache.New(rdb, &cache.Options{Prefix: "svc:"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer users.Close()
 
 	col := cacheasideprom.New(nil)

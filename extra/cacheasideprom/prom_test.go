@@ -38,7 +38,8 @@ func TestCollectorReportsRunningParts(t *testing.T) {
 
 	filter := bloom.New(rdb, prefix+"bloom", &bloom.Options{ExpectedItems: 1000})
 	require.NoError(t, filter.Warm(ctx, bloom.Scan(ctx, db, prefix+"user:", "SELECT id FROM users")))
-	c := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter})
+	c, err := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter})
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	rules, err := invalidate.NewRules(invalidate.Rule{Schema: schema, Table: "users", Keys: []string{prefix + "user:{id}"}})
 	require.NoError(t, err)
@@ -105,7 +106,8 @@ func TestCollectorManyParts(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(col))
 	for i, name := range []string{"users", "products"} {
-		c := cache.New(rdb, &cache.Options{Prefix: prefix + name + ":"})
+		c, err := cache.New(rdb, &cache.Options{Prefix: prefix + name + ":"})
+		require.NoError(t, err)
 		t.Cleanup(func() { c.Close() })
 		col.AddCache(name, c)
 		for range i + 1 {
