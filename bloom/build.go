@@ -194,7 +194,7 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 	if _, err := f.reloadParams(ctx); err != nil {
 		f.state.Store(nil)
 	}
-	if err := f.rdb.Publish(ctx, f.channel(), msgReload).Err(); err != nil {
+	if err := f.notify(ctx, msgReload); err != nil {
 		f.opts.Logger.Warn("bloom: publish swap", "key", f.key, "err", err)
 	}
 	if f.opts.Progress != nil {
@@ -285,7 +285,7 @@ func (f *Filter) drop(ctx context.Context, v *version) error {
 	if _, err := f.reloadParams(ctx); err != nil {
 		f.state.Store(nil)
 	}
-	return f.rdb.Publish(ctx, f.channel(), msgReload).Err()
+	return f.notify(ctx, msgReload)
 }
 
 // dropPrev drops a version a previous Rebuild left listed as prev.

@@ -30,21 +30,34 @@
 //     built) and "prev" (just replaced, still written for DropDelay);
 //   - one Redis string per version, key:v<id>, of m bits: the bit locations
 //     of bits-and-blooms/bloom/v3 (Locations mod m), at SETBIT offsets;
-//   - a channel, key:adds, on which every Add publishes the bits it set.
+//   - a channel, key:adds, on which the add script publishes, from inside
+//     itself, the bits it set with the version's add sequence number
+//     (field seq:<id> of the hash, incremented by the same script).
 //
 // Every instance reads m, k and the hash version from the hash and checks
 // them against its own Options (Check reports a *MismatchError; meanwhile
 // MayContain fails open and Add writes with the stored parameters). Lookups
 // run one script on one bitmap: all bits set, one clear, or bitmap missing.
-// Adds write to every listed version with a script that refuses to create a
-// missing bitmap, in the same round trip as they read the hash.
+// Adds run one script that checks which versions the hash lists, writes to
+// each listed one whose bitmap exists (it never creates a missing bitmap),
+// publishes, and returns the hash; the client writes again to any listed
+// version it did not know of.
 //
 // With Options.Local, Run keeps a copy of the current bitmap in the process
 // (a bloom/v3 filter behind a lock, loaded with GET and converted from
 // SETBIT's MSB-first bytes to bitset's LSB-first words) and applies the
 // adds published on the channel; MayContain then needs no round trip. The
-// copy answers only while Run's subscription is up; otherwise MayContain
-// asks Redis.
+// copy answers only while Run knows it holds every add to its version:
+// the hash and the bitmap are read in one MULTI, so the copy knows the
+// sequence number it holds, and any sign of a missed add (a sequence gap,
+// an add for an unknown version, a filter found gone, a second
+// subscription confirmation after a silent reconnect, a periodic check
+// sent as a PING on the subscription that finds the copy behind or goes
+// unanswered) takes it out of service until it has reloaded; meanwhile
+// MayContain asks Redis. Why sequence numbers: pub/sub drops messages
+// without telling the subscriber (output-buffer limits disconnect exactly
+// the slow ones, and go-redis re-subscribes on its own), so only a gap in
+// a sequence written atomically with the bits shows that a copy is behind.
 //
 // Warm and Rebuild read keys (Scan reads them from MySQL) into a bloom/v3
 // filter in the process and OR it into a new version that every Add

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -137,6 +138,7 @@ type Stats struct {
 	FailOpen uint64 // MayContain calls that answered "may contain" with no filter to ask: not warm, missing, unreachable, mismatched
 	Local    uint64 // MayContain calls answered by the local copy
 	Added    uint64 // keys Add wrote to at least one version
+	Resyncs  uint64 // times Run took the local copy out of service to reload it: a lost add, a reconnect, a vanished filter
 	Live     bool   // the local copy is loaded and Run is receiving adds
 	Version  uint64 // current version as last read, 0 for none
 }
@@ -149,6 +151,10 @@ type Filter struct {
 	opts Options
 	own  Params
 	err  error // invalid Options, returned by every call that reports errors
+	// publish is the command that sends to the filter's channel: SPUBLISH
+	// on a Redis Cluster, where the channel then lives on the node of the
+	// keys' slot and the add script can publish from inside itself.
+	publish string
 
 	state    atomic.Pointer[state] // parameters as last read
 	stateMu  sync.Mutex            // one reader of the parameters at a time
@@ -156,24 +162,53 @@ type Filter struct {
 	live     atomic.Bool // Run is subscribed and local was loaded after that
 	running  atomic.Bool // Run is running
 	reloadMu sync.Mutex  // serialises local reloads with applied adds
-	stats    struct{ lookups, absent, failOpen, local, added atomic.Uint64 }
+	stats    struct{ lookups, absent, failOpen, local, added, resyncs atomic.Uint64 }
+
+	// beforeReceive, set only by tests, runs in Run before each read from
+	// the subscription, so that a test can hold the reader between reads.
+	beforeReceive func()
 }
 
 // New returns a filter stored under key (a hash holding the parameters;
 // each version's bitmap is key:v<N>). It does no I/O: the filter answers
 // "may contain" until it is warmed (Warm) and the first call reads its
-// parameters. In Redis Cluster, give key a hash tag ("{users}:bloom") so
-// that a version and its load buffer share a slot.
+// parameters. On a Redis Cluster, key must have a hash tag
+// ("{users}:bloom"), so that the hash, every version and the channel share
+// a slot: the scripts touch several of them at once.
 func New(rdb redis.UniversalClient, key string, opts *Options) *Filter {
 	o, err := opts.withDefaults()
 	m, k := bloomv3.EstimateParameters(o.ExpectedItems, o.FalsePositiveRate)
-	return &Filter{
-		rdb:  rdb,
-		key:  key,
-		opts: o,
-		own:  Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
-		err:  err,
+	f := &Filter{
+		rdb:     rdb,
+		key:     key,
+		opts:    o,
+		own:     Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
+		err:     err,
+		publish: "PUBLISH",
 	}
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		f.publish = "SPUBLISH"
+		if f.err == nil && !hasHashTag(key) {
+			f.err = fmt.Errorf("bloom: key %q has no hash tag: on a Redis Cluster the filter's keys must share a slot; name it like \"{users}:bloom\"", key)
+		}
+	}
+	return f
+}
+
+// hasHashTag reports whether key has a non-empty {...} section, which
+// Redis Cluster hashes instead of the whole key.
+func hasHashTag(key string) bool {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return false
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	return j > 0
+}
+
+// notify publishes msg on the filter's channel.
+func (f *Filter) notify(ctx context.Context, msg string) error {
+	return f.rdb.Do(ctx, f.publish, f.channel(), msg).Err()
 }
 
 // Params returns the parameters this instance's Options give.
@@ -187,6 +222,7 @@ func (f *Filter) Stats() Stats {
 		FailOpen: f.stats.failOpen.Load(),
 		Local:    f.stats.local.Load(),
 		Added:    f.stats.added.Load(),
+		Resyncs:  f.stats.resyncs.Load(),
 		Live:     f.live.Load(),
 	}
 	if st := f.state.Load(); st != nil && st.cur != nil {
@@ -247,17 +283,20 @@ func (f *Filter) failOpen() bool {
 
 // Add records keys in every version of the filter: the current one, one
 // being built and one being dropped. Call it for every new row, from the
-// writer's process and from the binlog invalidator. An Add before the row
-// commits (a false positive if the transaction rolls back) leaves no window
-// in which a reader is told the new row cannot exist; an Add after the
-// commit (the invalidator's) is the one a concurrent rebuild relies on. An
-// error means some keys may be missing from Redis: retry. Before the filter
-// is warmed, Add has nothing to write and returns nil.
+// writer's process and from the binlog invalidator. An error means some
+// keys may be missing from Redis: retry. Before the filter is warmed, Add
+// has nothing to write and returns nil.
 //
-// Add reads the parameters in the same round trip as it writes, and writes
-// again to any version it did not know of. So an Add that returned before a
-// build was announced was made for a row the build's scan will read, and
-// every later Add reaches the new version itself.
+// An Add before the row commits (a false positive if the transaction
+// rolls back) leaves no window in which a reader of the current version is
+// told the new row cannot exist. It does not survive a Rebuild that began
+// after it and whose scan ran before the commit: the version that build
+// installs lacks the key until the binlog invalidator's Add, made after
+// the commit, reaches it (see Rebuild).
+//
+// Add checks the listed versions and writes in one script, which also
+// publishes the bits it set with a per-version sequence number for the
+// local copies, and writes again to any version it did not know of.
 func (f *Filter) Add(ctx context.Context, keys ...string) error {
 	if f.err != nil {
 		return f.err
@@ -269,12 +308,11 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 	if st := f.state.Load(); st != nil && st.readable() {
 		known = st.targets()
 	}
-	var get *redis.MapStringStringCmd
-	gone, err := f.write(ctx, known, keys, func(p redis.Pipeliner) { get = p.HGetAll(ctx, f.key) })
+	h, err := f.write(ctx, known, keys)
 	if err != nil {
 		return fmt.Errorf("bloom: add: %w", err)
 	}
-	st := f.parse(get.Val())
+	st := f.parse(h)
 	f.state.Store(st)
 	if !st.readable() {
 		return st.err
@@ -287,23 +325,9 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 		}
 	}
 	if len(missed) > 0 {
-		g, err := f.write(ctx, missed, keys, nil)
-		if err != nil {
+		if _, err := f.write(ctx, missed, keys); err != nil {
 			return fmt.Errorf("bloom: add: %w", err)
 		}
-		gone = append(gone, g...)
-	}
-	for _, v := range gone {
-		if !containsVersion(targets, v) {
-			continue // dropped by a rebuild, which told the local copies
-		}
-		// A listed bitmap is missing (deleted by hand, or lost with Redis
-		// data): tell the local copies, which may hold it, to reload. Until
-		// the filter is rebuilt, every instance answers "may contain".
-		if err := f.rdb.Publish(ctx, f.channel(), msgReload).Err(); err != nil {
-			return fmt.Errorf("bloom: add: %w", err)
-		}
-		break
 	}
 	if len(targets) > 0 {
 		f.stats.added.Add(uint64(len(keys)))
@@ -333,47 +357,49 @@ func (f *Filter) Add(ctx context.Context, keys ...string) error {
 // does not hold Redis for long.
 const addBatch = 1024
 
-// write sets the bits of keys in versions and publishes them for the local
-// copies, in one pipeline that first runs pre. It returns the versions
-// whose bitmap was missing.
-func (f *Filter) write(ctx context.Context, versions []*version, keys []string, pre func(redis.Pipeliner)) (gone []*version, err error) {
-	type add struct {
-		v   *version
-		cmd *redis.Cmd
-	}
-	var adds []add
-	_, err = f.pipe(ctx, func(p redis.Pipeliner) {
-		adds = adds[:0]
-		if pre != nil {
-			pre(p)
+// write runs the add script for keys on versions, in one pipeline of one
+// call per addBatch keys, and returns the parameters hash as the first
+// call read it.
+func (f *Filter) write(ctx context.Context, versions []*version, keys []string) (map[string]string, error) {
+	var vs []*version
+	for _, v := range versions {
+		if v.hash == HashVersion { // otherwise unknown bit locations: Add reports the mismatch
+			vs = append(vs, v)
 		}
-		var msg []byte
-		for _, v := range versions {
-			if v.hash != HashVersion {
-				continue // unknown bit locations: Add reports the mismatch
-			}
-			for i := 0; i < len(keys); i += addBatch {
+	}
+	var calls []*redis.Cmd
+	_, err := f.pipe(ctx, func(p redis.Pipeliner) {
+		calls = calls[:0]
+		for i := 0; i < len(keys) || i == 0; i += addBatch {
+			batch := keys[i:min(i+addBatch, len(keys))]
+			redisKeys := []string{f.key}
+			args := []any{f.channel(), f.publish}
+			for _, v := range vs {
 				var offsets []byte
-				for _, key := range keys[i:min(i+addBatch, len(keys))] {
+				for _, key := range batch {
 					offsets = v.appendOffsets(offsets, key)
 				}
-				adds = append(adds, add{v, addScript.EvalSha(ctx, p, []string{f.bitmapKey(v.id)}, string(offsets))})
+				redisKeys = append(redisKeys, f.bitmapKey(v.id))
+				args = append(args, v.spec, string(offsets))
 			}
-			msg = appendAddMsg(msg, v, keys)
-		}
-		if len(msg) > 0 {
-			p.Publish(ctx, f.channel(), msg)
+			calls = append(calls, addScript.EvalSha(ctx, p, redisKeys, args...))
 		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	for _, a := range adds {
-		if n, _ := a.cmd.Int(); n == 0 && !containsVersion(gone, a.v) {
-			gone = append(gone, a.v)
-		}
+	res, err := calls[0].Slice()
+	if err != nil || len(res) != 2 {
+		return nil, fmt.Errorf("add script: %v %w", res, err)
 	}
-	return gone, nil
+	flat, _ := res[1].([]any)
+	h := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		v, _ := flat[i+1].(string)
+		h[k] = v
+	}
+	return h, nil
 }
 
 // pipe runs a pipeline, loading the scripts and running it once more when
@@ -435,7 +461,7 @@ func (f *Filter) Delete(ctx context.Context) error {
 			return fmt.Errorf("bloom: delete %s: %w", f.key, err)
 		}
 	}
-	if err := f.rdb.Publish(ctx, f.channel(), msgReload).Err(); err != nil {
+	if err := f.notify(ctx, msgReload); err != nil {
 		return fmt.Errorf("bloom: delete %s: %w", f.key, err)
 	}
 	if err := f.rdb.Del(ctx, f.key).Err(); err != nil {

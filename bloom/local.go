@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"math/bits"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
@@ -17,9 +20,12 @@ import (
 // localCopy is this process's copy of one version's bitmap, held in a
 // bloom/v3 filter. bloom/v3 is not safe for concurrent writes: mu guards it.
 type localCopy struct {
-	v  *version
-	mu sync.RWMutex
-	f  *bloomv3.BloomFilter
+	v      *version
+	others []*version // the versions listed beside v when it was loaded
+	loaded time.Time
+	seq    uint64 // the last add to v the copy holds; under Filter.reloadMu
+	mu     sync.RWMutex
+	f      *bloomv3.BloomFilter
 }
 
 func (lc *localCopy) test(key string) bool {
@@ -36,15 +42,21 @@ func (lc *localCopy) add(keys []string) {
 	}
 }
 
-func (lc *localCopy) set(offsets []uint64) {
+// set sets the bits at offsets, decimals each followed by a space.
+func (lc *localCopy) set(offsets string) error {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
 	b := lc.f.BitSet()
-	for _, o := range offsets {
-		if o < lc.v.m {
-			b.Set(uint(o))
+	for o := range strings.FieldsSeq(offsets) {
+		n, err := strconv.ParseUint(o, 10, 64)
+		if err != nil {
+			return errMalformed
+		}
+		if n < lc.v.m {
+			b.Set(uint(n))
 		}
 	}
+	return nil
 }
 
 // Refresh reads the parameters again and, with Options.Local, reloads the
@@ -54,52 +66,102 @@ func (f *Filter) Refresh(ctx context.Context) error {
 	if f.err != nil {
 		return f.err
 	}
+	if !f.opts.Local {
+		if _, err := f.reloadParams(ctx); err != nil {
+			return fmt.Errorf("bloom: refresh %s: %w", f.key, err)
+		}
+		return nil
+	}
 	f.reloadMu.Lock()
 	defer f.reloadMu.Unlock()
-	return f.reload(ctx)
+	return f.loadLocal(ctx)
 }
 
-// reload is Refresh with reloadMu held.
-func (f *Filter) reload(ctx context.Context) error {
-	st, err := f.reloadParams(ctx)
-	if err != nil {
-		return fmt.Errorf("bloom: refresh %s: %w", f.key, err)
+// loadLocal loads the local copy of the current version, with reloadMu
+// held. The parameters hash (with the version's add sequence) and the
+// bitmap are read in one MULTI, so that the copy knows exactly which adds
+// it holds: those numbered up to seq.
+func (f *Filter) loadLocal(ctx context.Context) error {
+	var id uint64
+	if st := f.state.Load(); st != nil && st.cur != nil {
+		id = st.cur.id
 	}
-	if !f.opts.Local {
+	for range 3 {
+		var hget *redis.MapStringStringCmd
+		var get *redis.StringCmd
+		_, err := f.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			hget = p.HGetAll(ctx, f.key)
+			if id != 0 {
+				get = p.Get(ctx, f.bitmapKey(id))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			f.local.Store(nil)
+			return fmt.Errorf("bloom: refresh %s: %w", f.key, err)
+		}
+		h := hget.Val()
+		st := f.parse(h)
+		f.state.Store(st)
+		if !st.usable() {
+			f.local.Store(nil)
+			return nil
+		}
+		if st.cur.id != id {
+			id = st.cur.id // swapped meanwhile, or guessed wrong
+			continue
+		}
+		b, err := get.Bytes()
+		if err != nil {
+			f.local.Store(nil) // deleted or dropped: answer from Redis, which fails open
+			return nil
+		}
+		v := st.cur
+		seq, _ := strconv.ParseUint(h[seqField(v.id)], 10, 64)
+		var others []*version
+		for _, o := range []*version{st.next, st.prev} {
+			if o != nil {
+				others = append(others, o)
+			}
+		}
+		f.local.Store(&localCopy{
+			v: v, others: others, loaded: time.Now(), seq: seq,
+			f: bloomv3.FromWithM(bitsetWords(b, v.m), uint(v.m), uint(v.k)),
+		})
 		return nil
 	}
-	return f.loadLocal(ctx, st)
+	f.local.Store(nil)
+	return fmt.Errorf("bloom: refresh %s: the current version kept changing while it was read", f.key)
 }
 
-// loadLocal loads the local copy of st's current version, with reloadMu held.
-func (f *Filter) loadLocal(ctx context.Context, st *state) error {
-	if !st.usable() {
-		f.local.Store(nil)
-		return nil
-	}
-	v := st.cur
-	b, err := f.rdb.Get(ctx, f.bitmapKey(v.id)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		f.local.Store(nil) // deleted or dropped: answer from Redis, which fails open
-		return nil
-	}
-	if err != nil {
-		f.local.Store(nil)
-		return fmt.Errorf("bloom: refresh %s: %w", f.key, err)
-	}
-	words := bitsetWords(b, v.m)
-	f.local.Store(&localCopy{v: v, f: bloomv3.FromWithM(words, uint(v.m), uint(v.k))})
-	return nil
-}
+func seqField(id uint64) string { return "seq:" + strconv.FormatUint(id, 10) }
 
 // Run keeps the local copy (Options.Local) in sync until ctx ends, then
 // returns nil. It subscribes to the adds every instance publishes, loads
 // the bitmap after the subscription is confirmed (so no add falls between
-// the two), applies each add as it arrives, follows rebuilds, re-reads the
-// parameters every ParamsRefresh and reloads the whole copy every
-// ReloadInterval. Whenever the subscription breaks, the copy stops
-// answering (MayContain asks Redis) until it is loaded again. Errors are
-// logged and retried with backoff.
+// the two), applies each add as it arrives, follows rebuilds and reloads
+// the whole copy every ReloadInterval. Errors are logged and retried with
+// backoff.
+//
+// The copy answers only while Run knows it holds every add made to its
+// version, and stops answering (MayContain asks Redis) until it has
+// reloaded as soon as it cannot know that:
+//
+//   - an add's sequence number is not the next one (a message was lost);
+//   - an add arrives for a version the copy neither holds nor knew was
+//     listed (a rebuild began, or the filter was warmed anew);
+//   - an add found a version or the whole filter gone ("g" notice);
+//   - the subscription is confirmed a second time: go-redis reconnected
+//     and subscribed again by itself, and whatever was published in
+//     between is lost;
+//   - a check finds the copy behind. Every ParamsRefresh, Run reads the
+//     current version and its add sequence and sends them in a PING on the
+//     subscription's own connection; when the PONG comes back every add
+//     published before the read has arrived, so a copy that holds fewer,
+//     or another version, has missed something;
+//   - a check fails or its PONG does not come back in time, or nothing
+//     arrives at all for 3*ParamsRefresh+2s: the connection is closed and
+//     subscribed again.
 //
 // A key added by another process reaches the copy when its add message
 // does, typically well under a millisecond after that Add returned; a key
@@ -141,13 +203,16 @@ func (f *Filter) Run(ctx context.Context) error {
 
 // follow subscribes, loads, and applies messages until an error.
 func (f *Filter) follow(ctx context.Context) error {
-	ps := f.rdb.Subscribe(ctx, f.channel())
+	var ps *redis.PubSub
+	if f.publish == "SPUBLISH" {
+		ps = f.rdb.SSubscribe(ctx, f.channel())
+	} else {
+		ps = f.rdb.Subscribe(ctx, f.channel())
+	}
 	defer ps.Close()
 	stop := context.AfterFunc(ctx, func() { ps.Close() })
 	defer stop()
-	// A dead connection shows as silence: the pinger below makes traffic
-	// every ParamsRefresh, so a read that waits much longer has failed.
-	watchdog := 3*f.opts.ParamsRefresh + 2*time.Second
+	watchdog := f.watchdog()
 	msg, err := ps.ReceiveTimeout(ctx, watchdog)
 	if err != nil {
 		return err
@@ -158,9 +223,9 @@ func (f *Filter) follow(ctx context.Context) error {
 	if err := f.Refresh(ctx); err != nil {
 		return err
 	}
-	loaded := time.Now()
 	f.live.Store(true)
 
+	var answered atomic.Uint64 // the last check whose PONG arrived
 	pingCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -168,35 +233,27 @@ func (f *Filter) follow(ctx context.Context) error {
 		ps.Close()
 		wg.Wait()
 	}()
-	wg.Go(func() {
-		t := time.NewTicker(f.opts.ParamsRefresh)
-		defer t.Stop()
-		for {
-			select {
-			case <-pingCtx.Done():
-				return
-			case <-t.C:
-				if ps.Ping(pingCtx) != nil {
-					return
-				}
-			}
-		}
-	})
+	wg.Go(func() { f.ping(pingCtx, ps, &answered) })
 	for {
+		if f.beforeReceive != nil {
+			f.beforeReceive()
+		}
 		msg, err := ps.ReceiveTimeout(ctx, watchdog)
 		if err != nil {
 			return err
 		}
 		switch m := msg.(type) {
+		case *redis.Subscription:
+			err = f.resync(ctx, "subscribed again after a reconnect")
 		case *redis.Message:
 			err = f.apply(ctx, m.Payload)
 		case *redis.Pong:
-			if time.Since(loaded) >= f.opts.ReloadInterval {
-				err = f.Refresh(ctx)
-				loaded = time.Now()
-			} else {
-				err = f.checkLocal(ctx)
+			n, id, seq, ok := parseCheck(m.Payload)
+			if !ok {
+				continue
 			}
+			answered.Store(n)
+			err = f.check(ctx, id, seq)
 		}
 		if err != nil {
 			return err
@@ -204,99 +261,175 @@ func (f *Filter) follow(ctx context.Context) error {
 	}
 }
 
-// checkLocal reloads the local copy when the current version changed or
-// its bitmap disappeared since it was loaded.
-func (f *Filter) checkLocal(ctx context.Context) error {
+// watchdog is how long Run waits for anything on the subscription, and
+// for the answer to a check, before it takes the connection for dead.
+func (f *Filter) watchdog() time.Duration { return 3*f.opts.ParamsRefresh + 2*time.Second }
+
+// ping sends a check every ParamsRefresh: the current version and its add
+// sequence as Redis has them now, in a PING on the subscription. It closes
+// the subscription, which ends follow, when a check cannot be made or
+// goes unanswered for longer than the watchdog.
+func (f *Filter) ping(ctx context.Context, ps *redis.PubSub, answered *atomic.Uint64) {
+	t := time.NewTicker(f.opts.ParamsRefresh)
+	defer t.Stop()
+	lag := uint64(f.watchdog()/f.opts.ParamsRefresh) + 1
+	for n := uint64(1); ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := func() error {
+			if n > lag && answered.Load() < n-lag {
+				return errors.New("checks of the local copy go unanswered")
+			}
+			h, err := f.rdb.HGetAll(ctx, f.key).Result()
+			if err != nil {
+				return err
+			}
+			st := f.parse(h)
+			f.state.Store(st)
+			var id, seq uint64
+			if st.cur != nil {
+				id = st.cur.id
+				seq, _ = strconv.ParseUint(h[seqField(id)], 10, 64)
+			}
+			return ps.Ping(ctx, "chk:"+strconv.FormatUint(n, 10)+":"+strconv.FormatUint(id, 10)+":"+strconv.FormatUint(seq, 10))
+		}()
+		if err != nil {
+			if ctx.Err() == nil {
+				f.opts.Logger.Warn("bloom: check of the local copy failed; subscribing again", "key", f.key, "err", err)
+			}
+			f.live.Store(false)
+			ps.Close()
+			return
+		}
+	}
+}
+
+func parseCheck(payload string) (n, id, seq uint64, ok bool) {
+	rest, ok := strings.CutPrefix(payload, "chk:")
+	if !ok {
+		return 0, 0, 0, false
+	}
+	parts := strings.Split(rest, ":")
+	if len(parts) != 3 {
+		return 0, 0, 0, false
+	}
+	var xs [3]uint64
+	for i, p := range parts {
+		x, err := strconv.ParseUint(p, 10, 64)
+		if err != nil {
+			return 0, 0, 0, false
+		}
+		xs[i] = x
+	}
+	return xs[0], xs[1], xs[2], true
+}
+
+// check compares the copy with a check's answer: current version id (0 for
+// none) and its add sequence as Redis had them before the PONG was sent.
+func (f *Filter) check(ctx context.Context, id, seq uint64) error {
 	f.reloadMu.Lock()
 	defer f.reloadMu.Unlock()
-	var get *redis.MapStringStringCmd
-	var exists *redis.IntCmd
 	lc := f.local.Load()
-	_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		get = p.HGetAll(ctx, f.key)
-		if lc != nil {
-			exists = p.Exists(ctx, f.bitmapKey(lc.v.id))
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("bloom: refresh %s: %w", f.key, err)
-	}
-	st := f.parse(get.Val())
-	f.state.Store(st)
 	switch {
-	case lc == nil && !st.usable():
+	case lc == nil && id == 0:
 		return nil
-	case lc != nil && st.usable() && lc.v.id == st.cur.id && exists.Val() == 1:
+	case lc == nil:
+		return f.resyncLocked(ctx, "") // not loaded (bitmap missing, parameters differ): try again
+	case lc != nil && lc.v.id == id && lc.seq >= seq && time.Since(lc.loaded) < f.opts.ReloadInterval:
 		return nil
+	case lc != nil && lc.v.id == id && lc.seq >= seq:
+		return f.resyncLocked(ctx, "") // periodic reload
 	}
-	return f.loadLocal(ctx, st)
+	return f.resyncLocked(ctx, "the check found the copy behind")
+}
+
+// resync takes the copy out of service, reloads it and puts it back.
+func (f *Filter) resync(ctx context.Context, why string) error {
+	f.reloadMu.Lock()
+	defer f.reloadMu.Unlock()
+	return f.resyncLocked(ctx, why)
+}
+
+func (f *Filter) resyncLocked(ctx context.Context, why string) error {
+	if why != "" {
+		f.live.Store(false)
+		f.stats.resyncs.Add(1)
+		f.opts.Logger.Info("bloom: reloading the local copy", "key", f.key, "why", why)
+	}
+	if err := f.loadLocal(ctx); err != nil {
+		f.live.Store(false)
+		return err
+	}
+	f.live.Store(true)
+	return nil
 }
 
 // Messages on the filter's channel: msgReload asks local copies to load
-// again; an add message ('a') carries, for each version written, its id,
-// the number of offsets and the offsets, all as uvarints.
-const msgReload = "r"
-
-func appendAddMsg(msg []byte, v *version, keys []string) []byte {
-	if len(msg) == 0 {
-		msg = append(msg, 'a')
-	}
-	msg = appendUvarints(msg, v.id, uint64(len(keys))*v.k)
-	for _, key := range keys {
-		for _, l := range bloomv3.Locations([]byte(key), uint(v.k)) {
-			msg = binary.AppendUvarint(msg, l%v.m)
-		}
-	}
-	return msg
-}
+// again (a rebuild swapped or dropped a version); msgGone says an Add
+// found a version or the whole filter gone, which matters only to copies
+// that hold one; an add message, "a <id> <seq> <offsets>", carries the
+// version, its add sequence number and the bits set, as decimals.
+const (
+	msgReload = "r"
+	msgGone   = "g"
+)
 
 // apply applies one message from the channel to the local copy.
 func (f *Filter) apply(ctx context.Context, payload string) error {
 	f.reloadMu.Lock()
 	defer f.reloadMu.Unlock()
-	if payload == msgReload {
-		return f.reload(ctx)
-	}
 	lc := f.local.Load()
-	return decodeAddMsg([]byte(payload), func(id uint64, offsets []uint64) {
-		if lc != nil && lc.v.id == id {
-			lc.set(offsets)
+	switch payload {
+	case msgReload:
+		return f.resyncLocked(ctx, "a rebuild replaced a version")
+	case msgGone:
+		if lc == nil {
+			return nil
 		}
-	})
+		return f.resyncLocked(ctx, "an add found the filter's keys gone")
+	}
+	id, seq, offsets, err := parseAddMsg(payload)
+	if err != nil {
+		return err
+	}
+	switch {
+	case lc == nil:
+		return nil // nothing to keep in sync; reload notices and checks load it
+	case lc.v.id == id && seq <= lc.seq:
+		return nil // already in the bitmap the copy loaded
+	case lc.v.id == id && seq == lc.seq+1:
+		lc.seq = seq
+		return lc.set(offsets)
+	case lc.v.id == id:
+		return f.resyncLocked(ctx, fmt.Sprintf("adds %d to %d were lost", lc.seq+1, seq-1))
+	case containsVersion(lc.others, &version{id: id}):
+		return nil
+	}
+	return f.resyncLocked(ctx, fmt.Sprintf("an add for version %d, which the copy does not know", id))
 }
 
 var errMalformed = errors.New("bloom: malformed add message")
 
-// decodeAddMsg calls fn with the offsets of each version in an add message.
-func decodeAddMsg(b []byte, fn func(id uint64, offsets []uint64)) error {
-	if len(b) == 0 || b[0] != 'a' {
-		return errMalformed
+// parseAddMsg splits an add message "a <id> <seq> <offsets>".
+func parseAddMsg(payload string) (id, seq uint64, offsets string, err error) {
+	rest, ok := strings.CutPrefix(payload, "a ")
+	if !ok {
+		return 0, 0, "", errMalformed
 	}
-	b = b[1:]
-	for len(b) > 0 {
-		id, n := binary.Uvarint(b)
-		if n <= 0 {
-			return errMalformed
-		}
-		b = b[n:]
-		count, n := binary.Uvarint(b)
-		if n <= 0 || count > uint64(len(b)) { // every offset takes a byte at least
-			return errMalformed
-		}
-		b = b[n:]
-		offsets := make([]uint64, 0, count)
-		for range count {
-			o, n := binary.Uvarint(b)
-			if n <= 0 {
-				return errMalformed
-			}
-			offsets = append(offsets, o)
-			b = b[n:]
-		}
-		fn(id, offsets)
+	idStr, rest, ok1 := strings.Cut(rest, " ")
+	seqStr, offsets, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 {
+		return 0, 0, "", errMalformed
 	}
-	return nil
+	id, err1 := strconv.ParseUint(idStr, 10, 64)
+	seq, err2 := strconv.ParseUint(seqStr, 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, 0, "", errMalformed
+	}
+	return id, seq, offsets, nil
 }
 
 // redisBytes returns the first n bytes of a bitmap held as bitset words
@@ -326,11 +459,4 @@ func bitsetWords(b []byte, m uint64) []uint64 {
 		words[len(words)-1] &= 1<<r - 1
 	}
 	return words
-}
-
-func appendUvarints(b []byte, xs ...uint64) []byte {
-	for _, x := range xs {
-		b = binary.AppendUvarint(b, x)
-	}
-	return b
 }

@@ -203,6 +203,7 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) (delayed,
 	slices.Sort(namespaces)
 	namespaces = slices.Compact(namespaces)
 	inv.opts.Logger.Debug("invalidate: batch", "transactions", len(batch), "keys", len(keys), "namespaces", namespaces, "all", all)
+	filterFailures := 0
 	err := inv.retry(ctx, "invalidate", func() error {
 		if forget {
 			if err := inv.forgetFilter(ctx); err != nil {
@@ -220,10 +221,8 @@ func (inv *Invalidator) invalidate(ctx context.Context, batch []*work) (delayed,
 		}
 		// The filter learns of new keys before their not-found entries go, so
 		// that no reader sees "absent" from the filter after the invalidation.
-		if inv.opts.Filter != nil && len(adds) > 0 {
-			if err := inv.opts.Filter.Add(ctx, adds...); err != nil {
-				return err
-			}
+		if err := inv.addToFilter(ctx, adds, &filterFailures); err != nil {
+			return err
 		}
 		return inv.send(ctx, plain, versioned)
 	})
