@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cacheaside/cacheaside/binlog"
+	"github.com/cacheaside/cacheaside/cache"
 	"github.com/cacheaside/cacheaside/invalidate"
 )
 
@@ -499,4 +501,89 @@ func TestUnconvertedTextInvalidatesTheTable(t *testing.T) {
 	_, err := templateKeys(t, rows[1], "k:{name}")
 	assert.ErrorContains(t, err, "text in character set ujis")
 	checkKeys(t, rows, app, cols("u"))
+}
+
+// TestUnconvertedValueBumpsTheTable runs the invalidator on a table whose
+// key names a ujis column, which the stream delivers as Raw: the update
+// reaches the application's key through the table-wide bump. (A template
+// that printed Raw's bytes would invalidate "j:name:\xa4\xa2\xa4\xa4",
+// a key nobody reads, and the cached row would stay.)
+func TestUnconvertedValueBumpsTheTable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, schema := env.NewDatabase(t)
+	exec(t, db, "CREATE TABLE j (id INT PRIMARY KEY, name VARCHAR(10) CHARACTER SET ujis)",
+		"CREATE TABLE marker (id INT PRIMARY KEY)", "INSERT INTO j VALUES (1, 'あい')")
+	rdb, prefix := env.RedisClient(t), env.Prefix(t)
+	c := cache.New(rdb, &cache.Options{Prefix: prefix})
+	t.Cleanup(func() { c.Close() })
+	rules, err := invalidate.NewRules(
+		invalidate.Rule{Schema: schema, Table: "j", Keys: []string{prefix + "j:name:{name}"}},
+		invalidate.Rule{Schema: schema, Table: "marker", Keys: []string{prefix + "marker:{id}"}})
+	require.NoError(t, err)
+	s, err := binlog.New(rootConfig(t), nil)
+	require.NoError(t, err)
+	applied := make(chan invalidate.Applied, 1000)
+	inv := invalidate.New(s, c, rdb, rules, &invalidate.Options{
+		LeaderKey: prefix + "leader", Checkpoints: binlog.NewRedisCheckpoints(rdb, prefix+"checkpoint"),
+		LeaderTTL: time.Second, OnApplied: func(a invalidate.Applied) { applied <- a },
+	})
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- inv.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	// waitFor returns once a transaction touching table has been applied.
+	waitFor := func(table string) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case a := <-applied:
+				for _, r := range a.Tx.Rows {
+					if r.Table == table {
+						return
+					}
+				}
+			case <-timeout:
+				t.Fatalf("no transaction on %s applied within 30s", table)
+			}
+		}
+	}
+	// Streaming has started once a marker row is applied; a marker
+	// committed before the stream settled on its start is never seen, so
+	// write one every half second.
+	markers := make(chan struct{})
+	go func() {
+		for id := 1; ; id++ {
+			if _, err := db.Exec("INSERT INTO marker VALUES (?)", id); err != nil {
+				return
+			}
+			select {
+			case <-markers:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	waitFor("marker")
+	close(markers)
+
+	key := prefix + "j:name:あい" // the application's key, from its SELECT
+	var loads atomic.Int64
+	load := func(context.Context) (string, error) { return fmt.Sprintf("row, load %d", loads.Add(1)), nil }
+	v, err := cache.Fetch(ctx, c, key, load)
+	require.NoError(t, err)
+	require.Equal(t, "row, load 1", v)
+	v, err = cache.Fetch(ctx, c, key, load)
+	require.NoError(t, err)
+	require.Equal(t, "row, load 1", v, "cached")
+
+	exec(t, db, "UPDATE j SET name = 'あい', id = 2 WHERE id = 1")
+	waitFor("j")
+	v, err = cache.Fetch(ctx, c, key, load)
+	require.NoError(t, err)
+	assert.Equal(t, "row, load 2", v, "the update invalidated the application's key")
 }
