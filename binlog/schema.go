@@ -39,6 +39,7 @@ type schemaCol struct {
 	unsigned bool
 	binary   bool
 	charset  string   // CHARACTER_SET_NAME, lower case; "" for non-text columns
+	octets   int64    // CHARACTER_OCTET_LENGTH; 0 for non-text columns
 	values   []string // ENUM and SET names
 }
 
@@ -75,7 +76,7 @@ func (c *schemaCache) matching(ctx context.Context, tm *replication.TableMapEven
 
 func (c *schemaCache) read(ctx context.Context, schema, table string) (*schemaTable, error) {
 	rows, err := c.db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(COLLATION_NAME, ''),
-		COALESCE(CHARACTER_SET_NAME, '')
+		COALESCE(CHARACTER_SET_NAME, ''), COALESCE(CHARACTER_OCTET_LENGTH, 0)
 		FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, schema, table)
 	if err != nil {
 		return nil, fmt.Errorf("binlog: read columns of %s.%s: %w", schema, table, err)
@@ -84,7 +85,7 @@ func (c *schemaCache) read(ctx context.Context, schema, table string) (*schemaTa
 	for rows.Next() {
 		var col schemaCol
 		var colType, collation string
-		if err := rows.Scan(&col.name, &col.dataType, &colType, &collation, &col.charset); err != nil {
+		if err := rows.Scan(&col.name, &col.dataType, &colType, &collation, &col.charset, &col.octets); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("binlog: read columns of %s.%s: %w", schema, table, err)
 		}
@@ -122,15 +123,31 @@ func (c *schemaCache) read(ctx context.Context, schema, table string) (*schemaTa
 	return st, rows.Err()
 }
 
-// matches reports whether the table map has as many columns as st and each
-// column's binary log type fits its information_schema type.
+// matches reports whether the table map has as many columns as st, each
+// column's binary log type fits its information_schema type, and each
+// CHAR and VARCHAR column has the byte length the live one has: a change
+// of character set that changes it (latin1 to utf8mb4) shows there, so
+// the text is not converted from the wrong character set.
 func (st *schemaTable) matches(tm *replication.TableMapEvent) bool {
 	if len(st.cols) != int(tm.ColumnCount) {
 		return false
 	}
 	for i := range st.cols {
-		if !typeFits(realType(tm, i), st.cols[i].dataType) {
+		t := realType(tm, i)
+		if !typeFits(t, st.cols[i].dataType) {
 			return false
+		}
+		if octets := st.cols[i].octets; octets > 0 {
+			switch t {
+			case mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING:
+				if int64(tm.ColumnMeta[i]) != octets {
+					return false
+				}
+			case mysql.MYSQL_TYPE_STRING:
+				if int64(fixedLength(tm.ColumnMeta[i])) != octets {
+					return false
+				}
+			}
 		}
 	}
 	return true
