@@ -3,6 +3,7 @@ package binlog
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -49,6 +50,10 @@ const (
 	kEnum
 	kSet
 	kBit
+	kTime
+	kInet6
+	kInet4
+	kUUID
 )
 
 type column struct {
@@ -56,7 +61,18 @@ type column struct {
 	typ      byte     // the real column type
 	signed2u bool     // decoded as signed, but the column is unsigned
 	padTo    int      // BINARY(n): the log drops trailing zero bytes that SELECT returns
-	values   []string // ENUM and SET names
+	dec      int      // TIME(n): the digits of the fraction
+	values   []string // ENUM and SET names, in UTF-8
+	// cs converts text that is not stored in UTF-8; nil for UTF-8.
+	cs *charset
+	// raw, when set, says why the column's values cannot be converted
+	// exactly: they are delivered as Raw.
+	raw string
+
+	// Where the character set comes from, until describe resolves it.
+	collation int    // from the table map; 0 when it has none
+	csName    string // from information_schema
+	rawNames  bool   // values are the table map's names, in the column's character set
 }
 
 func newDecoder(schema *schemaCache, include func(schema, table string) bool) *decoder {
@@ -203,8 +219,14 @@ func (d *decoder) describe(ctx context.Context, ti *tableInfo) error {
 		if st, err = d.schema.matching(ctx, tm); err != nil {
 			return err
 		}
+		if st != nil && len(tm.ColumnName) == n && !st.sameNames(tm) {
+			st = nil // the live table is not the one the event was written for
+		}
 	}
 	ti.cols = columns(tm, st)
+	if err := d.charsets(ctx, ti.cols); err != nil {
+		return err
+	}
 	switch {
 	case len(tm.ColumnName) == n:
 		ti.names = tm.ColumnNameString()
@@ -223,12 +245,55 @@ func (d *decoder) describe(ctx context.Context, ti *tableInfo) error {
 	return nil
 }
 
+// charsets resolves the character set of every text, ENUM and SET column:
+// text not stored in UTF-8 is converted, and ENUM and SET names read from
+// the table map are converted once here.
+func (d *decoder) charsets(ctx context.Context, cols []column) error {
+	for i := range cols {
+		c := &cols[i]
+		if c.kind != kText && !(c.rawNames && (c.kind == kEnum || c.kind == kSet)) {
+			continue
+		}
+		var cs *charset
+		var err error
+		switch {
+		case d.schema == nil:
+			cs = &charset{}
+		case c.collation != 0:
+			cs, err = d.schema.charsets.byCollation(ctx, c.collation)
+		default:
+			cs, err = d.schema.charsets.named(ctx, c.csName)
+		}
+		if err != nil {
+			return err
+		}
+		if c.kind == kText {
+			if !cs.utf8 {
+				c.cs = cs
+			}
+			continue
+		}
+		for j, name := range c.values {
+			s, ok := cs.decode([]byte(name))
+			if !ok {
+				c.raw = "ENUM or SET names in character set " + cs.label()
+				break
+			}
+			c.values[j] = s
+		}
+	}
+	return nil
+}
+
 // needsSchema reports whether the table map lacks something that
-// information_schema has: names, signedness, charsets or ENUM/SET names.
+// information_schema has: names, signedness, charsets or ENUM/SET names,
+// or whether a BINARY(16) or BINARY(4) column is MariaDB's INET6, UUID or
+// INET4, which the log does not tell apart.
 func needsSchema(tm *replication.TableMapEvent) bool {
 	if len(tm.ColumnName) != int(tm.ColumnCount) {
 		return true
 	}
+	var collation map[int]uint64
 	for i := range int(tm.ColumnCount) {
 		switch kindOf(realType(tm, i)) {
 		case kInt:
@@ -238,6 +303,14 @@ func needsSchema(tm *replication.TableMapEvent) bool {
 		case kText:
 			if len(tm.DefaultCharset) == 0 && len(tm.ColumnCharset) == 0 {
 				return true
+			}
+			if tm.ColumnType[i] == mysql.MYSQL_TYPE_STRING {
+				if collation == nil {
+					collation = tm.CollationMap()
+				}
+				if l := fixedLength(tm.ColumnMeta[i]); collation[i] == binaryCollation && (l == 16 || l == 4) {
+					return true
+				}
 			}
 		case kEnum, kSet:
 			if len(tm.EnumStrValue) == 0 && len(tm.SetStrValue) == 0 {
@@ -254,6 +327,7 @@ func columns(tm *replication.TableMapEvent, st *schemaTable) []column {
 	cols := make([]column, tm.ColumnCount)
 	unsigned := tm.UnsignedMap()
 	collation := tm.CollationMap()
+	enumSetCollation := tm.EnumSetCollationMap()
 	enums, sets := tm.EnumStrValueMap(), tm.SetStrValueMap()
 	for i := range cols {
 		c := column{typ: realType(tm, i)}
@@ -270,24 +344,55 @@ func columns(tm *replication.TableMapEvent, st *schemaTable) []column {
 				if coll == binaryCollation {
 					c.kind = kBinary
 				}
-			} else if sc != nil && sc.binary {
-				c.kind = kBinary
+				c.collation = int(coll)
+			} else if sc != nil {
+				if sc.binary {
+					c.kind = kBinary
+				}
+				c.csName = sc.charset
 			}
 		case kEnum, kSet:
 			c.values = enums[i]
 			if c.kind == kSet {
 				c.values = sets[i]
 			}
-			if c.values == nil && sc != nil {
+			if c.values != nil {
+				c.values = slices.Clone(c.values)
+				c.rawNames = true
+				c.collation = int(enumSetCollation[i])
+			} else if sc != nil {
 				c.values = sc.values
+			}
+		case kTime:
+			if c.typ == mysql.MYSQL_TYPE_TIME2 {
+				c.dec = int(tm.ColumnMeta[i])
 			}
 		}
 		if c.kind == kBinary && c.typ == mysql.MYSQL_TYPE_STRING {
 			c.padTo = fixedLength(tm.ColumnMeta[i])
+			if c.padTo == 16 || c.padTo == 4 {
+				c.binaryType(sc)
+			}
 		}
 		cols[i] = c
 	}
 	return cols
+}
+
+// binaryType tells MariaDB's INET6, UUID and INET4 from BINARY(16) and
+// BINARY(4), which the log writes alike, by the live schema; without it
+// the values cannot be named exactly.
+func (c *column) binaryType(sc *schemaCol) {
+	switch {
+	case sc == nil:
+		c.raw = fmt.Sprintf("BINARY(%d), INET6, UUID or INET4 (the live schema does not match the event)", c.padTo)
+	case sc.dataType == "inet6" && c.padTo == 16:
+		c.kind = kInet6
+	case sc.dataType == "uuid" && c.padTo == 16:
+		c.kind = kUUID
+	case sc.dataType == "inet4" && c.padTo == 4:
+		c.kind = kInet4
+	}
 }
 
 // realType is the column type with ENUM and SET told apart from CHAR.
@@ -323,6 +428,8 @@ func kindOf(t byte) colKind {
 		return kSet
 	case mysql.MYSQL_TYPE_BIT:
 		return kBit
+	case mysql.MYSQL_TYPE_TIME, mysql.MYSQL_TYPE_TIME2:
+		return kTime
 	}
-	return kAsIs // DECIMAL and TIME arrive as strings already
+	return kAsIs // DECIMAL arrives as a string already
 }

@@ -29,10 +29,18 @@ func TestColumnValue(t *testing.T) {
 		{"float64", column{kind: kFloat}, 2.5, 2.5},
 		{"datetime local to UTC", column{kind: kDateTime}, time.Date(2024, 2, 29, 1, 0, 0, 0, time.FixedZone("x", 3600)), time.Date(2024, 2, 29, 0, 0, 0, 0, time.UTC)},
 		{"datetime text", column{kind: kDateTime}, "1960-01-02 03:04:05.5", time.Date(1960, 1, 2, 3, 4, 5, 500000000, time.UTC)},
-		{"zero datetime", column{kind: kDateTime}, "0000-00-00 00:00:00.000", time.Time{}},
+		{"zero datetime stays text", column{kind: kDateTime}, "0000-00-00 00:00:00.000", "0000-00-00 00:00:00.000"},
+		{"day past the month stays text", column{kind: kDate}, "2024-02-30", "2024-02-30"},
+		{"year 1", column{kind: kDate}, "0001-01-01", time.Time{}},
+		{"time(3) zero fraction", column{kind: kTime, dec: 3}, "838:59:59", "838:59:59.000"},
+		{"time(2) negative", column{kind: kTime, dec: 2}, "-00:00:00.50", "-00:00:00.50"},
+		{"time(0)", column{kind: kTime}, "-00:00:01", "-00:00:01"},
+		{"text not converted", column{kind: kText, cs: &charset{name: "ujis"}}, "x", Raw{Type: "text in character set ujis", Data: []byte("x")}},
+		{"inet6", column{kind: kInet6, padTo: 16}, "\x20\x01\x0d\xb8", "2001:db8::"},
+		{"inet4", column{kind: kInet4, padTo: 4}, "\x01\x02\x03\x04", "1.2.3.4"},
 		{"invalid datetime", column{kind: kDateTime}, "2024-00-01 00:00:00", "2024-00-01 00:00:00"},
 		{"date", column{kind: kDate}, "2024-02-29", day},
-		{"zero date", column{kind: kDate}, "0000-00-00", time.Time{}},
+		{"zero date stays text", column{kind: kDate}, "0000-00-00", "0000-00-00"},
 		{"text from bytes", column{kind: kText}, []byte("hé"), "hé"},
 		{"text", column{kind: kText}, "x", "x"},
 		{"binary from text", column{kind: kBinary}, "ab", []byte("ab")},
@@ -72,7 +80,8 @@ func TestTypeFits(t *testing.T) {
 	assert.True(t, typeFits(mysql.MYSQL_TYPE_BLOB, "json"), "MariaDB JSON is LONGTEXT")
 	assert.True(t, typeFits(mysql.MYSQL_TYPE_NEWDATE, "date"))
 	assert.False(t, typeFits(mysql.MYSQL_TYPE_VARCHAR, "enum"))
-	assert.True(t, typeFits(mysql.MYSQL_TYPE_STRING, "inet6"), "types it does not know fit")
+	assert.True(t, typeFits(mysql.MYSQL_TYPE_STRING, "inet6"), "MariaDB INET6 is a binary string")
+	assert.True(t, typeFits(mysql.MYSQL_TYPE_LONG, "xmltype"), "types it does not know fit")
 }
 
 func TestParseGrant(t *testing.T) {

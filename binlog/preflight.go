@@ -41,6 +41,10 @@ func (e *PreflightError) Is(target error) bool { return target == ErrPreflight }
 type serverInfo struct {
 	flavor       string
 	fullMetadata bool // binlog_row_metadata=FULL: column names are in the log
+	// lowerNames: lower_case_table_names=1, so the server stores and logs
+	// table and database names in lower case (row events name them so),
+	// while a statement keeps the spelling its author typed.
+	lowerNames bool
 }
 
 // preflight checks the server's binary log settings and the user's
@@ -65,6 +69,7 @@ func preflight(ctx context.Context, db *sql.DB, cfg *Config, log *slog.Logger) (
 	}
 	problems := checkSettings(vars, cfg)
 	info.fullMetadata = strings.EqualFold(vars["binlog_row_metadata"], "FULL")
+	info.lowerNames = vars["lower_case_table_names"] == "1"
 	grants, err := showGrants(ctx, db)
 	if err != nil {
 		return info, err
@@ -148,7 +153,7 @@ func orUnset(v string) string {
 
 func globalVariables(ctx context.Context, db *sql.DB) (map[string]string, error) {
 	rows, err := db.QueryContext(ctx, `SHOW GLOBAL VARIABLES WHERE Variable_name IN
-		('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id')`)
+		('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id', 'lower_case_table_names')`)
 	if err != nil {
 		return nil, err
 	}

@@ -23,8 +23,9 @@ import (
 // schema while the stream still reads older events. Use
 // binlog_row_metadata=FULL to rule that out.
 type schemaCache struct {
-	db     *sql.DB
-	tables map[[2]string]*schemaTable
+	db       *sql.DB
+	tables   map[[2]string]*schemaTable
+	charsets *charsets
 }
 
 type schemaTable struct {
@@ -37,11 +38,13 @@ type schemaCol struct {
 	dataType string // information_schema DATA_TYPE, lower case
 	unsigned bool
 	binary   bool
+	charset  string   // CHARACTER_SET_NAME, lower case; "" for non-text columns
+	octets   int64    // CHARACTER_OCTET_LENGTH; 0 for non-text columns
 	values   []string // ENUM and SET names
 }
 
 func newSchemaCache(db *sql.DB) *schemaCache {
-	return &schemaCache{db: db, tables: make(map[[2]string]*schemaTable)}
+	return &schemaCache{db: db, tables: make(map[[2]string]*schemaTable), charsets: newCharsets(db)}
 }
 
 func (c *schemaCache) forget(schema, table string) {
@@ -72,7 +75,8 @@ func (c *schemaCache) matching(ctx context.Context, tm *replication.TableMapEven
 }
 
 func (c *schemaCache) read(ctx context.Context, schema, table string) (*schemaTable, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(COLLATION_NAME, '')
+	rows, err := c.db.QueryContext(ctx, `SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COALESCE(COLLATION_NAME, ''),
+		COALESCE(CHARACTER_SET_NAME, ''), COALESCE(CHARACTER_OCTET_LENGTH, 0)
 		FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, schema, table)
 	if err != nil {
 		return nil, fmt.Errorf("binlog: read columns of %s.%s: %w", schema, table, err)
@@ -81,11 +85,12 @@ func (c *schemaCache) read(ctx context.Context, schema, table string) (*schemaTa
 	for rows.Next() {
 		var col schemaCol
 		var colType, collation string
-		if err := rows.Scan(&col.name, &col.dataType, &colType, &collation); err != nil {
+		if err := rows.Scan(&col.name, &col.dataType, &colType, &collation, &col.charset, &col.octets); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("binlog: read columns of %s.%s: %w", schema, table, err)
 		}
 		col.dataType = strings.ToLower(col.dataType)
+		col.charset = strings.ToLower(col.charset)
 		col.unsigned = strings.Contains(strings.ToLower(colType), "unsigned")
 		switch col.dataType {
 		case "binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob":
@@ -118,14 +123,40 @@ func (c *schemaCache) read(ctx context.Context, schema, table string) (*schemaTa
 	return st, rows.Err()
 }
 
-// matches reports whether the table map has as many columns as st and each
-// column's binary log type fits its information_schema type.
+// matches reports whether the table map has as many columns as st, each
+// column's binary log type fits its information_schema type, and each
+// CHAR and VARCHAR column has the byte length the live one has: a change
+// of character set that changes it (latin1 to utf8mb4) shows there, so
+// the text is not converted from the wrong character set.
 func (st *schemaTable) matches(tm *replication.TableMapEvent) bool {
 	if len(st.cols) != int(tm.ColumnCount) {
 		return false
 	}
 	for i := range st.cols {
-		if !typeFits(realType(tm, i), st.cols[i].dataType) {
+		t := realType(tm, i)
+		if !typeFits(t, st.cols[i].dataType) {
+			return false
+		}
+		if octets := st.cols[i].octets; octets > 0 {
+			switch t {
+			case mysql.MYSQL_TYPE_VARCHAR, mysql.MYSQL_TYPE_VAR_STRING:
+				if int64(tm.ColumnMeta[i]) != octets {
+					return false
+				}
+			case mysql.MYSQL_TYPE_STRING:
+				if int64(fixedLength(tm.ColumnMeta[i])) != octets {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// sameNames reports whether st names the columns as tm does.
+func (st *schemaTable) sameNames(tm *replication.TableMapEvent) bool {
+	for i := range st.cols {
+		if i >= len(tm.ColumnName) || st.cols[i].name != string(tm.ColumnName[i]) {
 			return false
 		}
 	}
@@ -133,8 +164,8 @@ func (st *schemaTable) matches(tm *replication.TableMapEvent) bool {
 }
 
 // typeFits reports whether a column of binary log type t can be of
-// information_schema DATA_TYPE dt. Types this table does not know (MariaDB's
-// INET6, UUID, ...) fit anything.
+// information_schema DATA_TYPE dt. Types this table does not know (plugin
+// types of later servers) fit anything.
 func typeFits(t byte, dt string) bool {
 	want, known := dataTypes[dt]
 	if !known {
@@ -176,6 +207,9 @@ var dataTypes = map[string][]byte{
 	"enum":               {mysql.MYSQL_TYPE_ENUM},
 	"set":                {mysql.MYSQL_TYPE_SET},
 	"char":               {mysql.MYSQL_TYPE_STRING},
+	"inet6":              {mysql.MYSQL_TYPE_STRING},
+	"inet4":              {mysql.MYSQL_TYPE_STRING},
+	"uuid":               {mysql.MYSQL_TYPE_STRING},
 	"binary":             {mysql.MYSQL_TYPE_STRING},
 	"varchar":            varcharTypes,
 	"varbinary":          varcharTypes,

@@ -56,3 +56,33 @@ func TestMinimalMetadata(t *testing.T) {
 	assert.Equal(t, map[string]any{"z": nil, "id": uint64(2), "n": int64(6), "e": "x", "b": []byte{3}}, tx.Rows[0].Before)
 	assert.Equal(t, "zz", tx.Rows[0].After["z"])
 }
+
+// TestMinimalMetadataCharsets: without charsets in the log, text is
+// converted from the character set information_schema names, read again
+// after each DDL; a lagging stream that meets a column whose byte length
+// changed with its character set reports the table instead of
+// converting from the wrong one.
+func TestMinimalMetadataCharsets(t *testing.T) {
+	t.Parallel()
+	m, admin := startMySQL(t, "--binlog-row-metadata=MINIMAL")
+	exec(t, admin, "CREATE DATABASE d", `CREATE TABLE d.t (id INT PRIMARY KEY, l VARCHAR(10) CHARACTER SET latin1,
+		c CHAR(4) CHARACTER SET cp1251, g TEXT CHARACTER SET gbk, e ENUM('café', 'x') CHARACTER SET latin1,
+		u VARCHAR(10) CHARACTER SET utf8mb4, b VARBINARY(4)) DEFAULT CHARSET=latin1`)
+	from := masterPos(t, admin)
+	live := stream(t, serverConfig(m), nil, "d", from)
+	exec(t, admin, "INSERT INTO d.t VALUES (1, 'café', 'Жё', '中文', 'café', '😀', X'E9')")
+	assert.Equal(t, map[string]any{"id": int64(1), "l": "café", "c": "Жё", "g": "中文", "e": "café", "u": "😀", "b": []byte{0xe9}},
+		live.next().Rows[0].After)
+	exec(t, admin, "ALTER TABLE d.t MODIFY l VARCHAR(10) CHARACTER SET utf8mb4")
+	assert.Equal(t, binlog.Alter, live.next().Changes[0].Kind)
+	exec(t, admin, "INSERT INTO d.t VALUES (2, 'Жё😀', 'Ж', '文', 'x', 'é', X'')")
+	assert.Equal(t, map[string]any{"id": int64(2), "l": "Жё😀", "c": "Ж", "g": "文", "e": "x", "u": "é", "b": []byte{}},
+		live.next().Rows[0].After)
+
+	// Read again after the ALTER: the first insert's l is latin1 VARCHAR(10),
+	// ten bytes, where the live column is utf8mb4, forty.
+	lagging := stream(t, serverConfig(m), nil, "d", from)
+	tx := lagging.next()
+	assert.Empty(t, tx.Rows)
+	assert.Equal(t, []binlog.TableChange{{Schema: "d", Table: "t", Kind: binlog.Unknown}}, tx.Changes)
+}

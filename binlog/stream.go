@@ -225,12 +225,13 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 	a := &assembler{
 		// The schema cache is asked only for tables whose table maps lack
 		// names, signedness or charsets.
-		dec:     newDecoder(schema, s.opts.Include),
-		maxRows: s.opts.MaxTxRows,
-		include: s.opts.Include,
-		file:    pos.File,
-		gtid:    gtid,
-		last:    *pos,
+		dec:        newDecoder(schema, s.opts.Include),
+		maxRows:    s.opts.MaxTxRows,
+		include:    s.opts.Include,
+		lowerNames: info.lowerNames,
+		file:       pos.File,
+		gtid:       gtid,
+		last:       *pos,
 		deliver: func(ctx context.Context, tx *Tx) error {
 			if err := h.HandleTx(ctx, tx); err != nil {
 				return handlerError{err}
@@ -256,19 +257,20 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 func (s *Stream) syncerConfig(ctx context.Context, closing *atomic.Bool, flavor string) replication.BinlogSyncerConfig {
 	dialTimeout := max(s.opts.ReadTimeout, 3*time.Second)
 	return replication.BinlogSyncerConfig{
-		ServerID:         s.cfg.ServerID,
-		Flavor:           flavor,
-		Host:             s.host,
-		Port:             s.port,
-		User:             s.cfg.User,
-		Password:         s.cfg.Password,
-		TLSConfig:        s.cfg.TLS,
-		ParseTime:        true,
-		HeartbeatPeriod:  s.opts.HeartbeatPeriod,
-		ReadTimeout:      s.opts.ReadTimeout,
-		DisableRetrySync: true, // Run reconnects from the last delivered transaction
-		EventCacheCount:  128,  // bounds the events read ahead of the handler
-		Logger:           slog.New(slog.DiscardHandler),
+		ServerID:                s.cfg.ServerID,
+		Flavor:                  flavor,
+		Host:                    s.host,
+		Port:                    s.port,
+		User:                    s.cfg.User,
+		Password:                s.cfg.Password,
+		TLSConfig:               s.cfg.TLS,
+		ParseTime:               false, // dates arrive as text: see parseTime
+		TimestampStringLocation: time.UTC,
+		HeartbeatPeriod:         s.opts.HeartbeatPeriod,
+		ReadTimeout:             s.opts.ReadTimeout,
+		DisableRetrySync:        true, // Run reconnects from the last delivered transaction
+		EventCacheCount:         128,  // bounds the events read ahead of the handler
+		Logger:                  slog.New(slog.DiscardHandler),
 		Dialer: func(dctx context.Context, network, addr string) (net.Conn, error) {
 			// Dial under ctx as well, so that cancelling Run ends a dial at once.
 			dctx, cancel := context.WithTimeout(dctx, dialTimeout)

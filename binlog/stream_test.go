@@ -152,7 +152,7 @@ func TestValueTypes(t *testing.T) {
 		"ts":  time.Date(2024, 2, 29, 13, 14, 15, 123000000, time.UTC),
 		"tm":  "-12:34:56.78",
 		"old": time.Date(1969, 7, 20, 20, 17, 40, 0, time.UTC),
-		"zd":  time.Time{}, "zm": "2024-00-10",
+		"zd":  "0000-00-00 00:00:00", "zm": "2024-00-10",
 		"c": "ab", "vc": "héllo", "tx": "long text", "bl": []byte{0, 0xff}, "vb": []byte{1, 2}, "bn": []byte("ab\x00"),
 		"e": "large", "st": "a,c", "j": `{"k": [1, 2]}`, "nul": nil,
 	}

@@ -3,6 +3,7 @@ package binlog
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/replication"
@@ -38,11 +39,14 @@ type Tx struct {
 
 // Row is one changed row. Before is nil for an insert and After is nil for
 // a delete. Values are int64 or uint64 (unsigned columns and BIT) for
-// integers, float64 for FLOAT and DOUBLE, string for text, DECIMAL, TIME,
-// ENUM, SET and JSON, []byte for binary columns (BINARY, VARBINARY, BLOB,
-// GEOMETRY), time.Time in UTC for DATETIME, TIMESTAMP and DATE (the zero
-// time.Time for a zero date; an invalid date such as '2024-00-10' stays a
-// string), and nil for NULL.
+// integers, float64 for FLOAT and DOUBLE, string for text (converted to
+// UTF-8 from the column's character set), DECIMAL, TIME, ENUM, SET, JSON,
+// INET6, INET4 and UUID, []byte for binary columns (BINARY, VARBINARY,
+// BLOB, GEOMETRY), time.Time in UTC for DATETIME, TIMESTAMP and DATE that
+// hold a date of the calendar (a date that is not one, such as the zero
+// date or '2024-02-30', stays the string SELECT returns), Raw for a value
+// that cannot be converted exactly, and nil for NULL. The package
+// documentation has the table, next to what database/sql returns.
 type Row struct {
 	Schema, Table string
 	Op            Op
@@ -50,6 +54,21 @@ type Row struct {
 	// PrimaryKey names the primary key columns in key order; nil when the
 	// table has none.
 	PrimaryKey []string
+}
+
+// Raw is a column value this package cannot convert to the value an
+// application reads with SELECT: text in a character set it does not
+// convert (see the package documentation), or a BINARY(16) column whose
+// event no longer matches the live schema, so that it cannot tell it from
+// an INET6 or UUID. A key built from such a value could differ from the
+// application's key by a byte; package invalidate refuses to build one and
+// invalidates the whole table instead. Raw has no String method on
+// purpose.
+type Raw struct {
+	// Type says what the value is and why it is not converted.
+	Type string
+	// Data is the value as the binary log holds it.
+	Data []byte
 }
 
 // Op is the kind of a row change.
@@ -143,6 +162,9 @@ type assembler struct {
 	maxRows int
 	include func(schema, table string) bool
 	deliver func(ctx context.Context, tx *Tx) error
+	// lowerNames reports names of statements in lower case, as the server
+	// stores them under lower_case_table_names=1.
+	lowerNames bool
 
 	file  string
 	gtid  *gtidState
@@ -212,6 +234,14 @@ func (a *assembler) abandon() {
 
 func (a *assembler) query(ctx context.Context, h *replication.EventHeader, e *replication.QueryEvent) error {
 	class, changes := classify(string(e.Schema), string(e.Query))
+	if a.lowerNames {
+		// "TRUNCATE TABLE Users" changes the table that row events call
+		// "users"; a consumer matching names exactly must see that name.
+		for i := range changes {
+			changes[i].Schema = strings.ToLower(changes[i].Schema)
+			changes[i].Table = strings.ToLower(changes[i].Table)
+		}
+	}
 	switch class {
 	case stmtBegin:
 		a.inTx = true

@@ -1,11 +1,22 @@
 package invalidate
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cacheaside/cacheaside/binlog"
 )
+
+// errInexact is what a template returns for a value the binlog stream
+// could not convert to the value the application reads (a binlog.Raw:
+// text in a character set it does not convert, say). A key built from it
+// could differ from the application's key by a byte, and a wrong key is a
+// silently stale entry; the error makes the invalidator invalidate the
+// whole table instead (see plan in apply.go).
+var errInexact = errors.New("the binlog holds this value in a form the application never reads")
 
 // A template is a key pattern such as "user:{id}" or "user:email:{email|lower}":
 // literal text with placeholders that name a column and, after a '|', an
@@ -151,6 +162,8 @@ func formatValue(v any, format string) (string, error) {
 		s = strconv.FormatBool(x)
 	case time.Time:
 		return formatTime(x.UTC(), format)
+	case binlog.Raw:
+		return "", fmt.Errorf("%w: %s", errInexact, x.Type)
 	case fmt.Stringer:
 		s = x.String()
 	default:

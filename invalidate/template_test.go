@@ -6,6 +6,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/cacheaside/cacheaside/binlog"
 )
 
 func TestTemplateExpand(t *testing.T) {
@@ -57,6 +59,8 @@ func TestTemplateErrors(t *testing.T) {
 	require.NoError(t, err)
 	_, _, err = tm.expand(map[string]any{"id": struct{}{}})
 	assert.Error(t, err)
+	_, _, err = tm.expand(map[string]any{"id": binlog.Raw{Type: "text in character set ujis", Data: []byte{0xa4}}})
+	assert.ErrorIs(t, err, errInexact, "a value the binlog could not convert builds no key")
 	_, _, err = tm.expand(map[string]any{"other": 1})
 	assert.ErrorContains(t, err, "no column id", "a partial row image is an error, not a row without a key")
 }
