@@ -3,6 +3,7 @@ package binlog
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -22,15 +23,84 @@ type CheckpointStore interface {
 	Save(ctx context.Context, epoch uint64, p Position) error
 }
 
-//go:embed checkpoint_save.lua
-var saveLua string
+// ClaimStore keeps the checkpoint of a stream consumed by one leader at a
+// time (package invalidate). A leadership first claims the record, which
+// counts the leadership in the record's own epoch and makes it the
+// record's owner; then it advances the position, each time only if the
+// record is exactly as this leadership last left it.
+//
+// Why one record: an epoch counter kept apart from the checkpoint can be
+// lost or reset on its own (a Redis that lost data, another shard, another
+// store), and then a new leadership holds an epoch that the checkpoint
+// refuses, or an old one holds the same epoch as a new one. Inside the
+// record, a record that is lost takes its epoch and owner with it, and the
+// compare-and-set catches every other change: another leadership's claim,
+// a rollback to an older state, a Redis restart.
+type ClaimStore interface {
+	// Claim starts a leadership on the checkpoint for the holder of the
+	// lock lockKey with token, and returns the stored position (zero when
+	// there is none: a first start or a lost record). It returns
+	// ErrNotLeader when the lock does not hold token.
+	Claim(ctx context.Context, lockKey, token string) (*Claim, error)
+	// Advance stores pos (with server, the identity of the server it
+	// belongs to) if the record is exactly as c left it, and updates c. It
+	// returns an error matching ErrCheckpointMoved otherwise; c is then
+	// spent: claim again.
+	Advance(ctx context.Context, c *Claim, pos Position, server string) error
+}
 
-var saveScript = redis.NewScript(saveLua)
+var (
+	// ErrNotLeader is returned by ClaimStore.Claim when the leader lock is
+	// not held by the claimant's token.
+	ErrNotLeader = errors.New("binlog: checkpoint claim refused: the leader lock is not held")
+	// ErrCheckpointMoved is returned by ClaimStore.Advance when the record
+	// is no longer as the claim last left it: Redis lost it or went back in
+	// time, or another leadership claimed it. Whatever was invalidated
+	// since the stored position may be lost: claim again and replay.
+	ErrCheckpointMoved = errors.New("binlog: checkpoint moved since it was claimed")
+)
 
-// RedisCheckpoints is a CheckpointStore in one Redis hash (fields epoch and
-// pos). Keeping it in the Redis that holds the cache means a Redis that
-// loses writes loses the checkpoint with them, and the stream replays the
-// lost invalidations. It works with a single Redis, Sentinel and Cluster.
+// Claim is one leadership's hold on a checkpoint record.
+type Claim struct {
+	// Pos is the position stored when the claim was made, or last advanced
+	// to; zero when the record had none.
+	Pos Position
+	// Server is the identity of the server Pos belongs to, "" when unknown.
+	Server string
+	// Epoch counts the leaderships of the record. It restarts at 1 when
+	// the record is lost; fencing rests on the owner token, not on it.
+	Epoch uint64
+
+	owner string
+	seq   string
+	run   string // Redis run_id at the claim
+}
+
+var (
+	//go:embed checkpoint_save.lua
+	saveLua string
+	//go:embed checkpoint_claim.lua
+	claimLua string
+	//go:embed checkpoint_advance.lua
+	advanceLua string
+
+	saveScript    = redis.NewScript(saveLua)
+	claimScript   = redis.NewScript(claimLua)
+	advanceScript = redis.NewScript(advanceLua)
+)
+
+// RedisCheckpoints is a CheckpointStore and a ClaimStore in one Redis hash.
+// Keeping it in the Redis that holds the cache means a Redis that loses
+// writes loses the checkpoint with them, and the stream replays the lost
+// invalidations. It works with a single Redis, Sentinel and Cluster; on a
+// Cluster, Claim needs the lock key in the checkpoint's slot (a shared hash
+// tag, as package invalidate's default key names have).
+//
+// Advance also refuses when Redis's run_id differs from the one seen at the
+// claim: a Redis that restarted (an append-only file loses up to its last
+// second) or failed over to a replica may have lost invalidations sent
+// after the last save while keeping the record as it was, which no
+// compare-and-set on the record alone can see.
 type RedisCheckpoints struct {
 	rdb redis.UniversalClient
 	key string
@@ -71,7 +141,9 @@ func (c *RedisCheckpoints) LoadEpoch(ctx context.Context) (Position, uint64, err
 }
 
 // Save stores p for epoch unless a greater epoch has saved (ErrStaleEpoch).
-// An equal epoch may save again.
+// An equal epoch may save again, so Save fences only writers whose epochs
+// differ; leaders that take turns use Claim and Advance instead. Save ends
+// any claim on the record: the owner's next Advance is refused.
 func (c *RedisCheckpoints) Save(ctx context.Context, epoch uint64, p Position) error {
 	n, err := saveScript.Run(ctx, c.rdb, []string{c.key}, strconv.FormatUint(epoch, 10), p.String()).Int()
 	if err != nil {
@@ -81,4 +153,51 @@ func (c *RedisCheckpoints) Save(ctx context.Context, epoch uint64, p Position) e
 		return ErrStaleEpoch
 	}
 	return nil
+}
+
+// Claim implements ClaimStore.
+func (c *RedisCheckpoints) Claim(ctx context.Context, lockKey, token string) (*Claim, error) {
+	vals, err := claimScript.Run(ctx, c.rdb, []string{c.key, lockKey}, token).StringSlice()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNotLeader
+	}
+	if err != nil {
+		return nil, fmt.Errorf("binlog: claim checkpoint %s: %w", c.key, err)
+	}
+	if len(vals) != 4 || vals[3] == "" {
+		return nil, fmt.Errorf("binlog: claim checkpoint %s: unexpected reply %q", c.key, vals)
+	}
+	epoch, err := strconv.ParseUint(vals[0], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("binlog: claim checkpoint %s: bad epoch %q", c.key, vals[0])
+	}
+	p, err := ParsePosition(vals[1])
+	if err != nil {
+		return nil, fmt.Errorf("binlog: claim checkpoint %s: %w", c.key, err)
+	}
+	return &Claim{Pos: p, Server: vals[2], Epoch: epoch, owner: token, seq: "0", run: vals[3]}, nil
+}
+
+// Advance implements ClaimStore.
+func (c *RedisCheckpoints) Advance(ctx context.Context, cl *Claim, pos Position, server string) error {
+	if cl.owner == "" {
+		return fmt.Errorf("binlog: advance checkpoint %s: %w: the claim is spent", c.key, ErrCheckpointMoved)
+	}
+	n, err := advanceScript.Run(ctx, c.rdb, []string{c.key}, cl.owner, cl.seq, cl.run, pos.String(), server).Int64()
+	if err != nil {
+		return fmt.Errorf("binlog: advance checkpoint %s: %w", c.key, err)
+	}
+	if n <= 0 {
+		cl.owner = ""
+		return fmt.Errorf("binlog: advance checkpoint %s: %w: %s", c.key, ErrCheckpointMoved, advanceRefusals[-n])
+	}
+	cl.Pos, cl.Server, cl.seq = pos, server, strconv.FormatInt(n, 10)
+	return nil
+}
+
+var advanceRefusals = map[int64]string{
+	1: "the record is gone (Redis lost its data)",
+	2: "another leadership claimed it",
+	3: "it went back to an older state (Redis lost writes)",
+	4: "Redis restarted or failed over since the claim (writes may be lost)",
 }

@@ -11,4 +11,5 @@ if cur then
   end
 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'pos', ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner')
 return 1

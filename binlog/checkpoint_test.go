@@ -97,3 +97,72 @@ func TestRestartFromCheckpoint(t *testing.T) {
 		})
 	}
 }
+
+// A claim needs the leader lock; an advance is a compare-and-set against
+// what the claim last wrote, and refuses every change made behind its back:
+// a lost record, another claim, a rollback, a Redis restart.
+func TestRedisCheckpointClaims(t *testing.T) {
+	ctx := context.Background()
+	rdb := env.RedisClient(t)
+	prefix := env.Prefix(t)
+	lockKey, cpKey := prefix+"leader", prefix+"checkpoint"
+	cp := binlog.NewRedisCheckpoints(rdb, cpKey)
+	p1 := binlog.Position{File: "mysql-bin.000001", Offset: 100, GTIDSet: "0-1-5"}
+	p2 := binlog.Position{File: "mysql-bin.000001", Offset: 200, GTIDSet: "0-1-6"}
+
+	_, err := cp.Claim(ctx, lockKey, "a")
+	assert.ErrorIs(t, err, binlog.ErrNotLeader, "no lock, no claim")
+	require.NoError(t, rdb.Set(ctx, lockKey, "a", time.Minute).Err())
+	a, err := cp.Claim(ctx, lockKey, "a")
+	require.NoError(t, err)
+	assert.True(t, a.Pos.IsZero(), "a new record holds no position")
+	assert.Equal(t, uint64(1), a.Epoch)
+	require.NoError(t, cp.Advance(ctx, a, p1, "server-1"))
+	require.NoError(t, cp.Advance(ctx, a, p2, "server-1"))
+	assert.Equal(t, p2, a.Pos)
+
+	// Another leadership claims: the first one's advance is refused.
+	require.NoError(t, rdb.Set(ctx, lockKey, "b", time.Minute).Err())
+	b, err := cp.Claim(ctx, lockKey, "b")
+	require.NoError(t, err)
+	assert.Equal(t, p2, b.Pos)
+	assert.Equal(t, "server-1", b.Server)
+	assert.Equal(t, uint64(2), b.Epoch)
+	assert.ErrorIs(t, cp.Advance(ctx, a, p2, ""), binlog.ErrCheckpointMoved)
+	assert.ErrorIs(t, cp.Advance(ctx, a, p2, ""), binlog.ErrCheckpointMoved, "a refused claim stays spent")
+
+	// Redis goes back to an older state of the record.
+	old, err := rdb.Dump(ctx, cpKey).Result()
+	require.NoError(t, err)
+	require.NoError(t, cp.Advance(ctx, b, p1, ""))
+	require.NoError(t, rdb.RestoreReplace(ctx, cpKey, 0, old).Err())
+	assert.ErrorIs(t, cp.Advance(ctx, b, p2, ""), binlog.ErrCheckpointMoved)
+
+	// Redis loses the record.
+	b, err = cp.Claim(ctx, lockKey, "b")
+	require.NoError(t, err)
+	require.NoError(t, rdb.Del(ctx, cpKey).Err())
+	assert.ErrorIs(t, cp.Advance(ctx, b, p2, ""), binlog.ErrCheckpointMoved)
+	b, err = cp.Claim(ctx, lockKey, "b")
+	require.NoError(t, err)
+	assert.True(t, b.Pos.IsZero(), "a lost record holds no position")
+	assert.Equal(t, uint64(1), b.Epoch, "the epoch went with the record")
+
+	// A plain Save ends the claim.
+	require.NoError(t, cp.Save(ctx, 9, p1))
+	assert.ErrorIs(t, cp.Advance(ctx, b, p2, ""), binlog.ErrCheckpointMoved)
+
+	// Redis restarts with its data: writes after the last save may be lost.
+	_, r := env.Faults(t)
+	b, err = cp.Claim(ctx, lockKey, "b")
+	require.NoError(t, err)
+	require.NoError(t, cp.Advance(ctx, b, p1, ""))
+	require.NoError(t, r.Restart())
+	err = cp.Advance(ctx, b, p2, "")
+	assert.ErrorIs(t, err, binlog.ErrCheckpointMoved)
+	assert.ErrorContains(t, err, "restarted")
+	b, err = cp.Claim(ctx, lockKey, "b")
+	require.NoError(t, err)
+	assert.Equal(t, p1, b.Pos, "the record survived the restart")
+	require.NoError(t, cp.Advance(ctx, b, p2, ""))
+}

@@ -515,7 +515,8 @@ func TestUnconvertedValueBumpsTheTable(t *testing.T) {
 	exec(t, db, "CREATE TABLE j (id INT PRIMARY KEY, name VARCHAR(10) CHARACTER SET ujis)",
 		"CREATE TABLE marker (id INT PRIMARY KEY)", "INSERT INTO j VALUES (1, 'あい')")
 	rdb, prefix := env.RedisClient(t), env.Prefix(t)
-	c := cache.New(rdb, &cache.Options{Prefix: prefix})
+	c, err := cache.New(rdb, &cache.Options{Prefix: prefix})
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	rules, err := invalidate.NewRules(
 		invalidate.Rule{Schema: schema, Table: "j", Keys: []string{prefix + "j:name:{name}"}},

@@ -2,11 +2,13 @@ package invalidate
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
 	"github.com/cacheaside/cacheaside/binlog"
 	"github.com/cacheaside/cacheaside/cache"
+	"github.com/cacheaside/cacheaside/lock"
 )
 
 // This file is the path of one transaction: planned into keys when it
@@ -70,19 +72,24 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 // apply drains the queue in batches: each batch is invalidated with
 // retries until Redis acknowledges it, and only then may the checkpoint
 // move past its transactions.
-func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *work) error {
+func (inv *Invalidator) apply(ctx context.Context, cl *binlog.Claim, queue <-chan *work) error {
 	var (
 		pending   binlog.Position // last acknowledged transaction boundary not yet saved
 		lastSaved = time.Now()
 		later     []delayed // second invalidations, in due order
 	)
 	defer func() {
-		if !pending.IsZero() {
-			// Save what was acknowledged even though ctx ended; a deposed leader's
-			// write is refused by the epoch fence.
+		// Save what was acknowledged even though ctx ended (a shutdown, a
+		// stream error), but never once leadership is known lost: the next
+		// leader may already have claimed the record, and although the
+		// compare-and-set would refuse this write then, a write that lands
+		// first would move the checkpoint of a Redis that lost data.
+		if !pending.IsZero() && !errors.Is(context.Cause(ctx), lock.ErrNotHeld) {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			defer cancel()
-			_ = inv.opts.Checkpoints.Save(sctx, epoch, pending)
+			if inv.opts.Checkpoints.Advance(sctx, cl, pending, "") == nil {
+				inv.stats.setPosition(pending)
+			}
 		}
 	}()
 	tick := time.NewTicker(inv.opts.CheckpointInterval)
@@ -133,7 +140,7 @@ func (inv *Invalidator) apply(ctx context.Context, epoch uint64, queue <-chan *w
 			}
 		}
 		if !pending.IsZero() && time.Since(lastSaved) >= inv.opts.CheckpointInterval {
-			if err := inv.save(ctx, epoch, pending); err != nil {
+			if err := inv.advance(ctx, cl, pending); err != nil {
 				return err
 			}
 			pending, lastSaved = binlog.Position{}, time.Now()

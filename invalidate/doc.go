@@ -31,8 +31,64 @@
 //
 // Every instance of the service runs an Invalidator. A leader election (see
 // package lock) lets exactly one consume the binlog; the others stand by and
-// take over from the checkpoint when it dies. Checkpoint writes are fenced by
-// the leader's epoch, so a deposed leader cannot move the checkpoint.
+// take over from the checkpoint when it dies.
+//
+// # Recovery
+//
+// The checkpoint is one record (binlog.ClaimStore; by default a Redis hash
+// beside the cache) that holds the position, the identity of the server it
+// belongs to, the epoch of the leadership that owns it and that
+// leadership's token. A new leadership claims it with a script that checks
+// the leader lock's token and counts the leadership in the record's own
+// epoch; every save after that is a compare-and-set against what this
+// leadership last wrote, and also checks that Redis has not restarted or
+// failed over since the claim (its run_id). Whenever a save is refused the
+// leader steps down at once (lock.ErrStepDown): it releases the lock and
+// campaigns again after TTL/5, and the next leadership (another instance's
+// or its own) claims the record and replays from the position it holds.
+// Nothing is saved once leadership is known lost.
+//
+// Why this design: an epoch counter kept apart from the checkpoint can be
+// lost on its own (a Redis that lost data, another Cluster shard, another
+// store), and then a new leader draws an epoch that the surviving
+// checkpoint refuses while its lock keeps everyone else out, or an old and
+// a new leader hold the same epoch. In one record, epoch and position are
+// lost or kept together, and a compare-and-set sees every change made
+// behind the leader's back, where an epoch comparison sees only newer
+// epochs. Stepping down, rather than reloading in place, keeps one path for
+// every refusal, including "another leadership claimed", and never waits
+// while the lock is still held.
+//
+// A record with no position (a first start, or Redis lost the record) is
+// answered like a lost binlog position, never taken for a harmless first
+// start: changes may have been committed since the position that was lost
+// (while no invalidator ran, or before the old lock expired), so the
+// invalidator reads the server's current position, bumps the generation
+// of the whole cache (O(1), no SCAN) and saves that position before it
+// streams from it. A first start therefore costs one flush of the cache.
+//
+// What happens under each Redis fault:
+//
+//   - Redis loses everything (FLUSHALL, a restart without persistence, a
+//     failover to an empty replica): the lock, the record and the cached
+//     keys go together. The leader's next save finds no record and it steps
+//     down; the next leadership finds no position, flushes the cache and
+//     starts from the current position. Nothing cached before the loss
+//     survives to be stale, and every change after the new position is
+//     streamed.
+//   - Redis loses a suffix of its writes (a failover to a replica that
+//     lagged, an append-only file that lost its last second), with or
+//     without the lock: the record goes back to an earlier state, or Redis's
+//     run_id changed although the record looks as it was left. The leader's
+//     next save is refused, it steps down, and the next leadership replays
+//     from the record's position, which is never later than the lost
+//     invalidations. A deposed leader cannot save past them: its saves
+//     compare-and-set against a record that changed.
+//   - Another leadership claimed the record (this leader was paused past
+//     its lock's TTL): its save is refused; it steps down.
+//
+// Epochs count leaderships of the record; they restart at 1 when the record
+// is lost, which is harmless because fencing rests on the owner's token.
 //
 // Invalidation uses the cache's own semantics (see package cache): leases of
 // fills in flight are killed, and with a tombstone window configured on the
@@ -43,6 +99,12 @@
 // fills at once.
 //
 // # What it does not promise
+//
+// The checkpoint detects lost writes of the Redis (or Cluster shard) that
+// holds it. When the cache's keys live elsewhere (other Cluster shards,
+// Options.Checkpoints in another store), a loss there that leaves the
+// checkpoint's Redis intact is not detected: keep the checkpoint beside
+// the keys, or make the invalidations durable (WAIT) yourself.
 //
 // A replayed stretch of the binlog invalidates keys a second time, which
 // costs misses, never stale data. Between a generation bump and the next

@@ -27,11 +27,7 @@ func Example() {
 	db, schema, rdb, prefix, done := exampleSetup(ctx)
 	defer done()
 
-	// The filter knows every user that exists, warmed by a table scan.
 	filter := bloom.New(rdb, prefix+"bloom:users", &bloom.Options{ExpectedItems: 100_000})
-	if err := filter.Warm(ctx, bloom.Scan(ctx, db, prefix+"user:", "SELECT id FROM users")); err != nil {
-		log.Fatal(err)
-	}
 	c, err := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter, TombstoneTTL: 50 * time.Millisecond})
 	if err != nil {
 		log.Fatal(err)
@@ -64,6 +60,12 @@ func Example() {
 	}()
 	for !inv.Stats().Leader {
 		time.Sleep(5 * time.Millisecond)
+	}
+	// The filter knows every user that exists, warmed by a table scan once
+	// the invalidator streams: rows inserted from then on reach it through
+	// the invalidator, rows inserted before are in the scan.
+	if err := filter.Warm(ctx, bloom.Scan(ctx, db, prefix+"user:", "SELECT id FROM users")); err != nil {
+		log.Fatal(err)
 	}
 
 	get := func(id int) (string, error) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,13 +46,23 @@ type Forgetter interface {
 
 // Options configures an Invalidator. A nil *Options means the defaults.
 type Options struct {
-	// Checkpoints stores the position reached. Default: a Redis checkpoint
-	// beside the cache, at "cacheaside:invalidate:checkpoint", so that if
-	// Redis loses data the checkpoint rolls back with it and the lost
-	// invalidations are replayed.
-	Checkpoints binlog.CheckpointStore
+	// Name names the source: the MySQL server (or cluster) this invalidator
+	// follows for this cache. The default key names of the leader lock and
+	// the checkpoint follow it, so services or MySQL clusters that share one
+	// Redis need names of their own, or they share one leader and one
+	// checkpoint. Default: "default".
+	Name string
+	// Checkpoints stores the position reached, in one record with the
+	// epoch of the leadership that owns it (see package doc). Default: a
+	// Redis checkpoint beside the cache, at
+	// "cacheaside:invalidate:{<Name>}:checkpoint", so that if Redis loses
+	// data the checkpoint rolls back with it and the lost invalidations are
+	// replayed. A store elsewhere (another Redis, a Cluster shard other than
+	// the keys') cannot see the cache's Redis lose writes.
+	Checkpoints binlog.ClaimStore
 	// LeaderKey names the lock that elects the one instance that consumes
-	// the binlog. Default: "cacheaside:invalidate:leader".
+	// the binlog. With Redis Cluster it must share a hash slot with the
+	// checkpoint key. Default: "cacheaside:invalidate:{<Name>}:leader".
 	LeaderKey string
 	// LeaderTTL is the leader lock's TTL: a dead leader is replaced after
 	// about this long. Default: 5s.
@@ -62,7 +73,10 @@ type Options struct {
 	// inserted rows whose keys are unknown (a table-wide change other than
 	// TRUNCATE and DROP, a row no template can print, a lost binlog
 	// position) deletes it: it then answers "may contain" until it is warmed
-	// again, so call its Warm periodically. Default: none.
+	// again, so call its Warm periodically. A start without a checkpoint
+	// (the first start included) is such a change: warm the filter once
+	// the invalidator leads (Stats.Leader), so that the scan sees every row
+	// inserted before the position it streams from. Default: none.
 	Filter Adder
 	// CheckpointInterval is the most time between checkpoint saves while
 	// transactions flow. Default: 100ms.
@@ -102,11 +116,17 @@ func (o *Options) withDefaults(rdb redis.UniversalClient) Options {
 	if o != nil {
 		v = *o
 	}
+	if v.Name == "" {
+		v.Name = "default"
+	}
+	// One hash tag keeps the lock and the checkpoint in one Cluster slot, so
+	// the claim script can check the one while it takes the other.
+	base := "cacheaside:invalidate:{" + v.Name + "}:"
 	if v.Checkpoints == nil {
-		v.Checkpoints = binlog.NewRedisCheckpoints(rdb, "cacheaside:invalidate:checkpoint")
+		v.Checkpoints = binlog.NewRedisCheckpoints(rdb, base+"checkpoint")
 	}
 	if v.LeaderKey == "" {
-		v.LeaderKey = "cacheaside:invalidate:leader"
+		v.LeaderKey = base + "leader"
 	}
 	if v.LeaderTTL <= 0 {
 		v.LeaderTTL = 5 * time.Second
@@ -161,81 +181,117 @@ func (inv *Invalidator) Run(ctx context.Context) error {
 	return el.Run(ctx, inv.lead)
 }
 
-// lead consumes the binlog while this instance leads. epoch fences its
-// checkpoint writes against a deposed leader.
-func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
-	var pos binlog.Position
-	err := inv.retry(ctx, "load checkpoint", func() (err error) { pos, err = inv.opts.Checkpoints.Load(ctx); return err })
+// lead consumes the binlog while this instance leads: it claims the
+// checkpoint record, then streams from the position it holds, or from the
+// server's current position after a flush when it holds none. Whenever
+// the record is found changed behind this leadership's back (Redis lost it,
+// went back in time, restarted, or another leadership claimed it), lead
+// steps down (lock.ErrStepDown) instead of going on from the position it
+// holds in memory: the next leadership, this process's or another's, claims
+// the record again and replays from what it holds.
+func (inv *Invalidator) lead(ctx context.Context, _ uint64) error {
+	l, ok := lock.FromContext(ctx)
+	if !ok {
+		return errors.New("invalidate: lead needs the election's lock")
+	}
+	var cl *binlog.Claim
+	err := inv.retry(ctx, "claim checkpoint", func() (err error) {
+		cl, err = inv.opts.Checkpoints.Claim(ctx, l.Key(), l.Token())
+		switch {
+		case errors.Is(err, binlog.ErrNotLeader):
+			return backoffStop{err}
+		case err != nil && strings.Contains(err.Error(), "CROSSSLOT"):
+			return backoffStop{fmt.Errorf("invalidate: Options.LeaderKey %q and the checkpoint key are in different Redis Cluster slots: "+
+				"give both one hash tag (the default names do): %w", inv.opts.LeaderKey, fatal{err})}
+		}
+		return err
+	})
+	if stop := (backoffStop{}); errors.As(err, &stop) {
+		if f := (fatal{}); errors.As(stop.err, &f) {
+			return stop.err
+		}
+		return inv.stepDown(stop.err)
+	}
 	if err != nil {
 		return nil // ctx ended
 	}
-	if pos.IsZero() {
-		// First start: begin at the server's position now, and checkpoint it at
-		// once, so that a leader that takes over later starts there too rather
-		// than at its own "now", which would skip what came in between.
-		if pos, err = inv.currentPosition(ctx); err != nil {
-			return nil // ctx ended
-		}
-		if err := inv.save(ctx, epoch, pos); err != nil {
-			return inv.deposed(ctx, epoch, err)
-		}
-	}
-	inv.stats.setLeader(epoch)
 	defer inv.stats.setLeader(0)
-	inv.opts.Logger.Info("invalidate: leading", "epoch", epoch, "from", pos.String())
+	pos, lost := cl.Pos, cl.Pos.IsZero()
+	inv.opts.Logger.Info("invalidate: leading", "epoch", cl.Epoch, "from", pos.String())
 	for {
-		err := inv.consume(ctx, epoch, pos)
-		if errors.Is(err, ErrDeposed) {
-			return inv.deposed(ctx, epoch, err)
+		if lost {
+			if pos, err = inv.restart(ctx, cl); err != nil || ctx.Err() != nil {
+				return err
+			}
+		}
+		inv.stats.setLeader(cl.Epoch) // once the flush of a lost position is done
+		err := inv.consume(ctx, cl, pos)
+		if errors.Is(err, binlog.ErrCheckpointMoved) {
+			return inv.stepDown(err)
 		}
 		if !errors.Is(err, binlog.ErrPositionLost) || ctx.Err() != nil {
 			return err
 		}
-		// The binlog no longer holds the checkpoint: changes were lost. Flush the
-		// whole cache in O(1) and go on from the position the server has now.
-		// The position is taken before the flush, so every change after it is
-		// streamed and every fill after the flush read newer data.
-		inv.opts.Logger.Error("invalidate: binlog position lost; flushing the whole cache and restarting from the current position",
-			"checkpoint", pos.String(), "err", err)
-		now, err := inv.currentPosition(ctx)
-		if err != nil {
-			return nil // ctx ended
-		}
-		if err := inv.retry(ctx, "flush cache", func() error {
-			if err := inv.forgetFilter(ctx); err != nil {
-				return err
-			}
-			return inv.target.InvalidateAll(ctx)
-		}); err != nil {
-			return nil
-		}
-		inv.stats.flushes.Add(1)
-		if err := inv.save(ctx, epoch, now); err != nil {
-			return inv.deposed(ctx, epoch, err)
-		}
-		pos = now
+		inv.opts.Logger.Error("invalidate: binlog position lost", "checkpoint", pos.String(), "err", err)
+		lost = true
 	}
 }
 
-// currentPosition reads the server's binlog position, retrying until it
-// answers or ctx ends.
+// restart answers a lost position: a checkpoint record that holds none
+// (a first start, or Redis lost it) or a binlog that no longer has it.
+// Changes since the position may be lost, so the whole cache is flushed in
+// O(1) (a generation bump) and streaming goes on from the position the
+// server has now. The position is taken before the flush, so every change
+// after it is streamed and every fill after the flush read newer data. It
+// is saved before streaming, so a leader that takes over later starts
+// there too rather than at its own "now", which would skip what came in
+// between.
+func (inv *Invalidator) restart(ctx context.Context, cl *binlog.Claim) (binlog.Position, error) {
+	inv.opts.Logger.Error("invalidate: no usable checkpoint (first start, or Redis or the binlog lost it); flushing the whole cache and starting from the current position",
+		"checkpoint", cl.Pos.String())
+	now, err := inv.currentPosition(ctx)
+	if err != nil {
+		return now, nil // ctx ended
+	}
+	if err := inv.retry(ctx, "flush cache", func() error {
+		if err := inv.forgetFilter(ctx); err != nil {
+			return err
+		}
+		return inv.target.InvalidateAll(ctx)
+	}); err != nil {
+		return now, nil // ctx ended
+	}
+	inv.stats.flushes.Add(1)
+	if err := inv.advance(ctx, cl, now); err != nil {
+		if errors.Is(err, binlog.ErrCheckpointMoved) {
+			return now, inv.stepDown(err)
+		}
+		return now, nil // ctx ended
+	}
+	return now, nil
+}
+
+// currentPosition reads the server's binary log position, retrying until
+// it answers or ctx ends.
 func (inv *Invalidator) currentPosition(ctx context.Context) (pos binlog.Position, err error) {
 	err = inv.retry(ctx, "read current position", func() (err error) { pos, err = inv.stream.CurrentPosition(ctx); return err })
 	return pos, err
 }
 
-// deposed handles an error from a checkpoint save during leadership: when a
-// newer leader has saved, this one's lock is gone; the election notices
-// within its TTL and cancels ctx, and then campaigns again. Returning the
-// error instead would make Run give up for good.
-func (inv *Invalidator) deposed(ctx context.Context, epoch uint64, err error) error {
-	if !errors.Is(err, ErrDeposed) {
-		return err
-	}
-	inv.opts.Logger.Warn("invalidate: deposed by a newer leader", "epoch", epoch)
-	<-ctx.Done()
-	return nil
+// stepDown ends this leadership because the checkpoint record changed
+// behind its back: the election releases the lock and campaigns again, and
+// the next leadership claims the record afresh. Waiting for the election to
+// notice instead would wait for ever when the lock is still held (a record
+// that Redis lost or rolled back while the lock survived).
+func (inv *Invalidator) stepDown(err error) error {
+	inv.opts.Logger.Warn("invalidate: stepping down: the checkpoint changed behind this leadership", "err", err)
+	return fmt.Errorf("%w: %w", lock.ErrStepDown, err)
 }
+
+// fatal marks an error that no new leadership can fix.
+type fatal struct{ error }
+
+func (f fatal) Unwrap() error { return f.error }
 
 // forgetFilter deletes the Bloom filter, when it can be deleted, because
 // rows may have been inserted whose keys it was not told: it answers "may
@@ -251,7 +307,7 @@ func (inv *Invalidator) forgetFilter(ctx context.Context) error {
 }
 
 // consume runs the stream into a bounded queue and the queue into Redis.
-func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.Position) error {
+func (inv *Invalidator) consume(ctx context.Context, cl *binlog.Claim, from binlog.Position) error {
 	// Work queued by an earlier run was dropped with it and will be read again.
 	inv.stats.received.Store(inv.stats.transactions.Load())
 	g, gctx := errgroup.WithContext(ctx)
@@ -269,7 +325,7 @@ func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.P
 			}
 		}))
 	})
-	g.Go(func() error { return inv.apply(gctx, epoch, queue) })
+	g.Go(func() error { return inv.apply(gctx, cl, queue) })
 	err := g.Wait()
 	if ctx.Err() != nil {
 		return nil
@@ -277,19 +333,20 @@ func (inv *Invalidator) consume(ctx context.Context, epoch uint64, from binlog.P
 	return err
 }
 
-// save writes the checkpoint, retrying Redis errors. A newer leader's
-// checkpoint makes it fatal for this leadership: ErrDeposed.
-func (inv *Invalidator) save(ctx context.Context, epoch uint64, pos binlog.Position) error {
+// advance moves the checkpoint to pos, retrying Redis errors. A record
+// changed behind this leadership's back makes it fatal for this
+// leadership: an error matching binlog.ErrCheckpointMoved.
+func (inv *Invalidator) advance(ctx context.Context, cl *binlog.Claim, pos binlog.Position) error {
 	err := inv.retry(ctx, "save checkpoint", func() error {
-		err := inv.opts.Checkpoints.Save(ctx, epoch, pos)
-		if errors.Is(err, binlog.ErrStaleEpoch) {
+		err := inv.opts.Checkpoints.Advance(ctx, cl, pos, "")
+		if errors.Is(err, binlog.ErrCheckpointMoved) {
 			return backoffStop{err}
 		}
 		return err
 	})
 	var stop backoffStop
 	if errors.As(err, &stop) {
-		return fmt.Errorf("%w: %w", ErrDeposed, stop.err)
+		return stop.err
 	}
 	if err != nil {
 		return err // ctx ended: the caller keeps the position for its last save
@@ -298,13 +355,10 @@ func (inv *Invalidator) save(ctx context.Context, epoch uint64, pos binlog.Posit
 	return nil
 }
 
-// ErrDeposed reports that a newer leader has saved a checkpoint: this
-// instance's leadership is over. Run goes back to campaigning.
-var ErrDeposed = errors.New("invalidate: deposed by a newer leader")
-
 type backoffStop struct{ err error }
 
 func (b backoffStop) Error() string { return b.err.Error() }
+func (b backoffStop) Unwrap() error { return b.err }
 
 // retry calls fn until it succeeds, fn returns a backoffStop, or ctx ends;
 // it waits between calls with jittered exponential backoff.

@@ -53,7 +53,9 @@ func openStream(e *testenv.Env) (*binlog.Stream, error) {
 func invalidatorOptions(o invalidate.Options, rdb redis.UniversalClient, prefix string) *invalidate.Options {
 	o.LeaderKey = prefix + "leader"
 	o.Checkpoints = binlog.NewRedisCheckpoints(rdb, prefix+"checkpoint")
-	o.LeaderTTL = time.Second
+	if o.LeaderTTL == 0 {
+		o.LeaderTTL = time.Second
+	}
 	o.Logger = debugLogger()
 	return &o
 }

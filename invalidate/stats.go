@@ -11,7 +11,9 @@ import (
 
 // Stats is a snapshot of an Invalidator's counters.
 type Stats struct {
-	// Leader reports whether this instance consumes the binlog now, and Epoch its fencing epoch.
+	// Leader reports whether this instance consumes the binlog now, and Epoch
+	// the number of its leadership, counted in the checkpoint record (it
+	// restarts at 1 when Redis loses the record).
 	Leader bool
 	Epoch  uint64
 	// Transactions, Rows and Keys count what was acknowledged by Redis since start.

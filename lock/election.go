@@ -17,6 +17,25 @@ var epochSrc string
 
 var epochScript = redis.NewScript(epochSrc)
 
+// ErrStepDown, returned by an election's fn (wrapped or not), gives up
+// leadership without ending Run: Run releases the lock, pauses for TTL/5 so
+// that a standby polling for the lock can take it, and campaigns again. A
+// leader returns it when it cannot go on but another process, or a new
+// leadership of its own, might: its store refused a write, or it cannot
+// reach a backend.
+var ErrStepDown = errors.New("lock: election: leader stepped down")
+
+// leaderKey is the context key of the leadership's lock.
+type leaderKey struct{}
+
+// FromContext returns the lock of the leadership whose fn received ctx, so
+// that fn can have a store check the lock's token in the same step as a
+// write (one script over both keys).
+func FromContext(ctx context.Context) (*Lock, bool) {
+	l, ok := ctx.Value(leaderKey{}).(*Lock)
+	return l, ok
+}
+
 // ElectionOptions configures an Election. A nil *ElectionOptions means the defaults.
 type ElectionOptions struct {
 	// TTL is the time to live of the leader's lock: how long a leader that
@@ -114,9 +133,10 @@ func NewElection(rdb Client, key string, opts *ElectionOptions) *Election {
 // anything while paused: that is the case the epoch is for.
 //
 // When fn returns after its context was cancelled by a lost leadership, Run
-// releases the lock and campaigns again, whatever fn returned. When fn returns
-// on its own while still leader, Run releases the lock and returns fn's
-// result. Once ctx ends, Run releases the lock, waits for fn and its own
+// releases the lock and campaigns again, whatever fn returned; so it does
+// when fn returns an error matching ErrStepDown, after a pause of TTL/5.
+// When fn returns on its own while still leader, Run releases the lock and
+// returns fn's result. FromContext(fn's ctx) returns the leadership's lock. Once ctx ends, Run releases the lock, waits for fn and its own
 // goroutines, and returns nil. Run leaves no goroutine behind; waiting for a
 // Redis call in flight can take up to the client's read timeout.
 func (e *Election) Run(ctx context.Context, fn func(ctx context.Context, epoch uint64) error) error {
@@ -126,6 +146,8 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context, epoch u
 	if fn == nil {
 		return errors.New("lock: Election.Run needs a func, got nil")
 	}
+	var p pause
+	defer p.stop()
 	for {
 		t, err := e.campaign(ctx)
 		if err != nil {
@@ -134,6 +156,9 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context, epoch u
 		done, err := e.lead(ctx, t, fn)
 		if done || ctx.Err() != nil {
 			return err
+		}
+		if errors.Is(err, ErrStepDown) && !p.sleep(ctx, e.ttl/5) {
+			return nil
 		}
 	}
 }
@@ -220,7 +245,7 @@ func (e *Election) elect(ctx context.Context) (*term, error) {
 // reports done when Run should return err: fn returned on its own while
 // still leader. Otherwise leadership was lost or ctx ended.
 func (e *Election) lead(ctx context.Context, t *term, fn func(context.Context, uint64) error) (done bool, err error) {
-	leaderCtx, cancel := context.WithCancelCause(ctx)
+	leaderCtx, cancel := context.WithCancelCause(context.WithValue(ctx, leaderKey{}, t.lock))
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { e.keep(leaderCtx, cancel, t) })
@@ -239,6 +264,9 @@ func (e *Election) lead(ctx context.Context, t *term, fn func(context.Context, u
 	case lost:
 		e.log.Warn("lock: election: leadership lost", "key", e.key, "epoch", t.epoch, "cause", cause, "err", err)
 		return false, nil
+	case errors.Is(err, ErrStepDown):
+		e.log.Warn("lock: election: stepped down", "key", e.key, "epoch", t.epoch, "err", err)
+		return false, err
 	}
 	return true, err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"strings"
@@ -285,4 +286,51 @@ func TestElectionConfig(t *testing.T) {
 		})
 	}
 	assert.ErrorContains(t, lock.NewElection(rdb, "k", nil).Run(context.Background(), nil), "func")
+}
+
+// A leader that returns ErrStepDown gives up its lock without ending Run:
+// a standby takes over, and the one that stepped down campaigns again.
+func TestElectionStepDown(t *testing.T) {
+	rdb := env.RedisClient(t)
+	key := env.Prefix(t) + "election"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type lead struct {
+		who   string
+		epoch uint64
+		token string
+	}
+	leads := make(chan lead, 4)
+	stepDown := make(chan struct{}, 1)
+	stepDown <- struct{}{} // the first leader steps down once
+	run := func(who string) <-chan error {
+		done := make(chan error, 1)
+		e := lock.NewElection(rdb, key, &lock.ElectionOptions{TTL: time.Second})
+		go func() {
+			done <- e.Run(ctx, func(ctx context.Context, epoch uint64) error {
+				l, ok := lock.FromContext(ctx)
+				if !ok {
+					return errors.New("no lock in fn's context")
+				}
+				leads <- lead{who, epoch, l.Token()}
+				select {
+				case <-stepDown:
+					return fmt.Errorf("store refused: %w", lock.ErrStepDown)
+				case <-ctx.Done():
+					return nil
+				}
+			})
+		}()
+		return done
+	}
+	aDone := run("a")
+	first := recv(t, leads)
+	assert.Equal(t, first.token, rdb.Get(ctx, key).Val(), "FromContext gives the held lock")
+	bDone := run("b")
+	second := recv(t, leads)
+	assert.Greater(t, second.epoch, first.epoch, "a new leadership after the step-down")
+	assert.NotEqual(t, first.token, second.token)
+	cancel()
+	assert.NoError(t, recv(t, aDone), "a step-down does not end Run")
+	assert.NoError(t, recv(t, bDone))
 }
