@@ -72,6 +72,13 @@ type Options struct {
 	// MayContain needs no round trip while Run keeps the copy in sync.
 	// Default: false.
 	Local bool
+	// LookupTimeout bounds the Redis requests of one MayContain that the
+	// local copy does not answer: past it the lookup answers "may contain"
+	// and the filter answers at once for a while, so a hung or dead Redis
+	// costs a read at most this long (the client must honour context
+	// deadlines: redis.Options.ContextTimeoutEnabled). Negative leaves the
+	// requests to the client's own timeouts. Default: 100ms.
+	LookupTimeout time.Duration
 	// ParamsRefresh is how long the parameters read from Redis are used
 	// before they are read again. Default: 1s.
 	ParamsRefresh time.Duration
@@ -109,6 +116,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if !(r.FalsePositiveRate > 0 && r.FalsePositiveRate < 1) {
 		return r, fmt.Errorf("bloom: Options.FalsePositiveRate is %v: use a rate in (0, 1), such as 0.01", r.FalsePositiveRate)
+	}
+	if r.LookupTimeout == 0 {
+		r.LookupTimeout = 100 * time.Millisecond
 	}
 	if r.ParamsRefresh <= 0 {
 		r.ParamsRefresh = time.Second
@@ -244,6 +254,11 @@ func (f *Filter) MayContain(ctx context.Context, key string) bool {
 			return f.answer(lc.test(key))
 		}
 	}
+	if f.opts.LookupTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, f.opts.LookupTimeout, errLookupTimeout)
+		defer cancel()
+	}
 	st, err := f.params(ctx)
 	if err != nil || !st.usable() {
 		return f.failOpen()
@@ -254,7 +269,7 @@ func (f *Filter) MayContain(ctx context.Context, key string) bool {
 	res, err := testScript.Run(ctx, f.rdb, []string{f.bitmapKey(v.id)}, offsets).Int()
 	switch {
 	case err != nil:
-		if ctx.Err() == nil {
+		if redisFailed(ctx) {
 			// Redis is failing: answer at once for a while rather than have
 			// every lookup wait for the client's timeouts.
 			f.state.CompareAndSwap(st, &state{err: err, read: time.Now()})
@@ -267,6 +282,15 @@ func (f *Filter) MayContain(ctx context.Context, key string) bool {
 		return f.failOpen()
 	}
 	return f.answer(res == 1)
+}
+
+// errLookupTimeout ends a lookup's Redis requests past Options.LookupTimeout.
+var errLookupTimeout = errors.New("bloom: lookup timed out")
+
+// redisFailed reports whether a failed request of a lookup under ctx says
+// Redis is failing, rather than that the caller gave up.
+func redisFailed(ctx context.Context) bool {
+	return ctx.Err() == nil || context.Cause(ctx) == errLookupTimeout
 }
 
 func (f *Filter) answer(ok bool) bool {

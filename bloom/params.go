@@ -163,7 +163,7 @@ func (f *Filter) params(ctx context.Context) (*state, error) {
 		return st, nil
 	}
 	st, err := f.reloadParams(ctx)
-	if err != nil && ctx.Err() == nil {
+	if err != nil && redisFailed(ctx) {
 		// Remembered as unusable until the next read is due, so that
 		// lookups fail open at once while Redis is unreachable.
 		f.state.Store(&state{err: err, read: time.Now()})

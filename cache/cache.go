@@ -295,6 +295,7 @@ type Cache struct {
 	// can cut a request short (see bound).
 	bounded bool
 	gens    *generations
+	reads   reads // GETs under way, shared by the callers of a key (share.go)
 	breaker breaker
 	sem     chan struct{}
 	stats   counters
@@ -318,6 +319,7 @@ type Cache struct {
 	hookAfterLoad   func(key string)
 	hookLeaseWaited func(key string)
 	hookJoined      func(flightKey string)
+	hookAfterGet    func(key string)
 }
 
 // New returns a Cache that stores entries in rdb (a *redis.Client or a
@@ -347,6 +349,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Cache, error) {
 		timers: make(map[*time.Timer]struct{}),
 	}
 	c.breaker.init(cfg.BreakerThreshold, cfg.BreakerCooldown, c.log)
+	c.reads.init()
 	c.bounded = cfg.RedisTimeout > 0 && honoursContext(rdb)
 	if cfg.RedisTimeout > 0 && !c.bounded {
 		c.log.Warn("cache: the Redis client ignores context deadlines, so a hung Redis holds each read for the client's ReadTimeout; set ContextTimeoutEnabled in its options")

@@ -15,6 +15,10 @@ func SetHookLeaseWaited(c *Cache, f func(key string)) { c.hookLeaseWaited = f }
 // the flight's key once it is registered with the flight.
 func SetHookJoined(c *Cache, f func(flightKey string)) { c.hookJoined = f }
 
+// SetHookAfterGet makes Fetch call f after each GET it sends for a key
+// (alone or for the callers that share it), before the answer is used.
+func SetHookAfterGet(c *Cache, f func(key string)) { c.hookAfterGet = f }
+
 // KindOf names the kind of a stored entry: value, not-found, lease,
 // tombstone, refresh, or corrupt.
 func KindOf(b []byte) string {

@@ -34,8 +34,7 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 		return fetchDegraded(ctx, c, key, load)
 	}
 	g := c.gens.of(namespace(key))
-	start := time.Now()
-	raw, present, err := c.get(ctx, key, g, start)
+	raw, present, start, err := c.getShared(ctx, key, g)
 	c.redisResult(ctx, err)
 	c.breaker.endProbe(probe)
 	var e entry

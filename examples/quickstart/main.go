@@ -149,7 +149,10 @@ func run(ctx context.Context, out io.Writer, dsn, addr string) error {
 	// The filter knows every user that exists: warmed by a scan now, fed by
 	// the invalidator on every insert.
 	filter := bloom.New(rdb, prefix+"bloom:users", &bloom.Options{ExpectedItems: 100_000})
-	c, err := cache.New(rdb, &cache.Options{Prefix: prefix, Filter: filter, TombstoneTTL: 50 * time.Millisecond})
+	c, err := cache.New(rdb, &cache.Options{
+		Prefix: prefix, Filter: filter, TombstoneTTL: 50 * time.Millisecond,
+		RedisTimeout: 250 * time.Millisecond, // no read waits on Redis longer
+	})
 	if err != nil {
 		return err
 	}
@@ -194,7 +197,7 @@ func run(ctx context.Context, out io.Writer, dsn, addr string) error {
 	}
 
 	for _, step := range []func(context.Context) error{
-		d.readThrough, d.stampede, d.penetration, d.plainUpdate, d.staleFill, d.redisDown,
+		d.readThrough, d.penetration, d.stampede, d.plainUpdate, d.staleFill, d.redisDown,
 	} {
 		if err := step(ctx); err != nil {
 			return err
@@ -248,7 +251,7 @@ func (d *demo) readThrough(ctx context.Context) error {
 
 func (d *demo) stampede(ctx context.Context) error {
 	const n = 1000
-	d.step(fmt.Sprintf("2. stampede: %d goroutines read a cold key whose load takes 50 ms", n))
+	d.step(fmt.Sprintf("3. stampede: %d goroutines read a cold key whose load takes 50 ms", n))
 	d.users.slow = 50 * time.Millisecond
 	defer func() { d.users.slow = 0 }()
 	before := d.users.loads.Load()
@@ -274,7 +277,7 @@ func (d *demo) stampede(ctx context.Context) error {
 
 func (d *demo) penetration(ctx context.Context) error {
 	const n = 1000
-	d.step(fmt.Sprintf("3. penetration: %d reads of ids that never existed", n))
+	d.step(fmt.Sprintf("2. penetration: %d reads of ids that never existed", n))
 	before := d.users.loads.Load()
 	for id := int64(1_000_000); id < 1_000_000+n; id++ {
 		if _, err := d.users.Get(ctx, id); !errors.Is(err, cache.ErrNotFound) {
