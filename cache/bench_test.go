@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"encoding/json"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -411,4 +412,42 @@ func BenchmarkRawDel100Keys(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkHotKey runs 32 goroutines reading one key, through Fetch and as
+// raw GET + json.Unmarshal, in the same run: concurrent Fetches of the key
+// share GETs (share.go), raw GETs do not.
+func BenchmarkHotKey(b *testing.B) {
+	c, rdb, base := benchClients(b)
+	ctx := context.Background()
+	key, rawKey := base+"user:1", base+"raw:1"
+	load := profileLoader(1)
+	_, err := cache.Fetch(ctx, c, key, load)
+	require.NoError(b, err)
+	setRaw(b, rdb, 1, rawKey)
+	parallelism := max(1, 32/runtime.GOMAXPROCS(0))
+	b.Run("cacheaside", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(parallelism)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if p, err := cache.Fetch(ctx, c, key, load); err != nil || p.ID != 1 {
+					b.Error(p, err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(parallelism)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if p, err := rawGet(ctx, rdb, rawKey); err != nil || p.ID != 1 {
+					b.Error(p, err)
+					return
+				}
+			}
+		})
+	})
 }
