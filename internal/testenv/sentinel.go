@@ -96,7 +96,7 @@ func StartSentinel(opts *SentinelOptions) (*Sentinel, error) {
 		return fail(err)
 	}
 	s.Data = append(s.Data, master)
-	replica, err := startRedis(dir, func(int) ([]string, error) {
+	replica, err := startRedis(dir, func(string, int) ([]string, error) {
 		return []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port)}, nil
 	})
 	if err != nil {
