@@ -134,6 +134,18 @@ func (e *Env) RedisUserClient(t testing.TB, kind RedisKind, u ACLUser) redis.Uni
 			t.Fatal(err)
 		}
 		c = s.Client(&redis.FailoverOptions{Username: u.Name, Password: u.Password})
+	case KindTLS:
+		if e.External() {
+			t.Skip("a TLS Redis needs the harness's own servers")
+		}
+		r, err := e.startTLS()
+		if err == nil {
+			err = r.AddUser(ctx, u)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		c = redis.NewClient(&redis.Options{Addr: r.TLSAddr(), TLSConfig: r.TLS.ClientConfig(), Username: u.Name, Password: u.Password})
 	default:
 		t.Fatalf("testenv: unknown Redis kind %q", kind)
 	}

@@ -15,6 +15,7 @@ import (
 
 func TestRedisUser(t *testing.T) {
 	ctx := context.Background()
+	t.Setenv(testenv.EnvRedisKinds, "single,cluster,sentinel,tls")
 	env.ForEachRedis(t, func(t *testing.T, kind testenv.RedisKind, _ redis.UniversalClient) {
 		p := env.Prefix(t)
 		u := testenv.ACLUser{

@@ -305,7 +305,20 @@ func (s *Sentinel) failover(ctx context.Context, promoted *Redis) error {
 // waitNamed waits until every sentinel names n as the master and n has
 // taken the role.
 func (s *Sentinel) waitNamed(ctx context.Context, n *Redis) error {
-	return poll(ctx, clusterStableTimeout, func(ctx context.Context) error { return s.namedOnce(ctx, n) })
+	err := poll(ctx, clusterStableTimeout, func(ctx context.Context) error { return s.namedOnce(ctx, n) })
+	if err != nil {
+		return fmt.Errorf("%w%s", err, s.logs())
+	}
+	return nil
+}
+
+// logs returns the end of every sentinel's log, for an error message.
+func (s *Sentinel) logs() string {
+	var b strings.Builder
+	for _, ss := range s.Sentinels {
+		fmt.Fprintf(&b, "\nsentinel %s:\n%s", ss.Addr(), logTail(ss.logPath, 15))
+	}
+	return b.String()
 }
 
 func (s *Sentinel) namedOnce(ctx context.Context, n *Redis) error {
