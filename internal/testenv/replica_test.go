@@ -21,6 +21,7 @@ func gtidPos(t *testing.T, db *sql.DB) string {
 }
 
 func TestMySQLReplicaPromote(t *testing.T) {
+	t.Parallel() // its own servers
 	ctx := context.Background()
 	primary, err := testenv.StartMySQL(nil)
 	require.NoError(t, err)

@@ -56,6 +56,7 @@ func TestRedisUserSurvivesRestart(t *testing.T) {
 }
 
 func TestRedisTLS(t *testing.T) {
+	t.Parallel() // its own servers
 	ctx := context.Background()
 	r, err := testenv.StartRedisTLS()
 	require.NoError(t, err)
@@ -78,6 +79,7 @@ func TestRedisTLS(t *testing.T) {
 }
 
 func TestMySQLTLS(t *testing.T) {
+	t.Parallel() // its own servers
 	cert, err := testenv.NewCertificate(t.TempDir())
 	require.NoError(t, err)
 	m, err := testenv.StartMySQL(&testenv.MySQLOptions{Args: cert.MariaDBArgs()})

@@ -91,6 +91,7 @@ func TestSentinelLoseWrites(t *testing.T) {
 }
 
 func TestSentinelOptionsAndClose(t *testing.T) {
+	t.Parallel() // its own servers
 	_, err := testenv.StartSentinel(&testenv.SentinelOptions{DownAfter: time.Millisecond})
 	require.ErrorContains(t, err, "DownAfter")
 
