@@ -95,7 +95,7 @@ func StartCluster(opts *ClusterOptions) (*Cluster, error) {
 
 // nodeArgs are the flags of a cluster node on port. The cluster bus gets a
 // free port of its own: the default, port+10000, overflows for high ports.
-func (c *Cluster) nodeArgs(int) ([]string, error) {
+func (c *Cluster) nodeArgs(string, int) ([]string, error) {
 	bus, err := freePort()
 	if err != nil {
 		return nil, err

@@ -168,6 +168,7 @@ func TestClusterLoseWrites(t *testing.T) {
 }
 
 func TestClusterOptionsAndClose(t *testing.T) {
+	t.Parallel() // its own servers
 	_, err := testenv.StartCluster(&testenv.ClusterOptions{NodeTimeout: time.Millisecond})
 	require.ErrorContains(t, err, "NodeTimeout")
 

@@ -34,6 +34,19 @@
 // machine is failed over: the tests expect roles to move and ask the
 // harness for the current ones.
 //
+// StartMySQLReplica starts a MariaDB that replicates another with GTIDs and
+// logs the primary's transactions under their own GTIDs; after the primary
+// is killed, Promote makes it the primary, and a binlog reader goes on from
+// the GTID position it had reached.
+//
+// For least privilege and transport security as production runs them:
+// AddUser (on a Redis, a Cluster or a Sentinel setup) creates an ACL user
+// limited to key patterns and commands, set again after every restart, and
+// Env.RedisUserClient returns a client of any kind logged in as one; a
+// refused command or key is Redis's NOPERM error, which names it.
+// StartRedisTLS serves TLS on a second port, and NewCertificate makes a
+// certificate for 127.0.0.1 in Go whose MariaDBArgs serve TLS from mariadbd.
+//
 // With CACHEASIDE_MYSQL_DSN and CACHEASIDE_REDIS_ADDR set, the harness uses
 // those servers instead and offers no fault controls. A missing mariadbd or
 // redis-server is an error that says how to install it. Main silences the

@@ -40,10 +40,16 @@ const (
 	// KindSentinel is a master, a replica and three sentinels
 	// (Env.Sentinel), through a failover *redis.Client.
 	KindSentinel RedisKind = "sentinel"
+	// KindTLS is one redis-server reached over TLS (StartRedisTLS). It is
+	// not among the default kinds; name it in CACHEASIDE_REDIS_KINDS.
+	KindTLS RedisKind = "tls"
 )
 
-// RedisKinds lists every kind, in the order ForEachRedis runs them.
+// RedisKinds lists the kinds ForEachRedis runs by default, in order.
 func RedisKinds() []RedisKind { return []RedisKind{KindSingle, KindCluster, KindSentinel} }
+
+// knownKinds are the kinds CACHEASIDE_REDIS_KINDS may name.
+func knownKinds() []RedisKind { return append(RedisKinds(), KindTLS) }
 
 // scaleOut holds the cluster and the sentinel setup of an Env, started on
 // first use and shared by the tests of the binary.
@@ -53,6 +59,8 @@ type scaleOut struct {
 	clusterErr    error
 	sentinel      *Sentinel
 	sentinelErr   error
+	tls           *Redis
+	tlsErr        error
 	clusterAddrs  []string // from EnvRedisCluster
 	sentinelName  string   // from EnvRedisSentinel
 	sentinelAddrs []string
@@ -85,6 +93,12 @@ func (s *scaleOut) close() error {
 			err = serr
 		}
 		s.sentinel = nil
+	}
+	if s.tls != nil {
+		if terr := s.tls.Close(); err == nil {
+			err = terr
+		}
+		s.tls = nil
 	}
 	return err
 }
@@ -149,6 +163,20 @@ func (e *Env) startSentinel() (*Sentinel, error) {
 	return s.sentinel, nil
 }
 
+// startTLS returns the shared TLS Redis, starting it on first use.
+func (e *Env) startTLS() (*Redis, error) {
+	s := &e.scale
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tls == nil && s.tlsErr == nil {
+		s.tls, s.tlsErr = StartRedisTLS()
+	}
+	if s.tlsErr != nil {
+		return nil, fmt.Errorf("testenv: the TLS Redis did not start: %w", s.tlsErr)
+	}
+	return s.tls, nil
+}
+
 // Cluster returns the binary's shared Redis Cluster, starting it on first
 // use; Main closes it. Tests that fail it over leave it stable for the next
 // (KillMaster and LoseWrites return once it is). With external servers it
@@ -211,8 +239,17 @@ func (e *Env) NewRedisOf(kind RedisKind) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		return s.Client(nil), nil
+	case KindTLS:
+		if e.External() {
+			return nil, fmt.Errorf("%w: no TLS Redis", errNotThere)
+		}
+		r, err := e.startTLS()
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClient(&redis.Options{Addr: r.TLSAddr(), TLSConfig: r.TLS.ClientConfig()}), nil
 	}
-	return nil, fmt.Errorf("testenv: unknown Redis kind %q; want one of %v", kind, RedisKinds())
+	return nil, fmt.Errorf("testenv: unknown Redis kind %q; want one of %v", kind, knownKinds())
 }
 
 // RedisClientOf returns a client of the given kind, closed at the end of
@@ -273,8 +310,8 @@ func selectedKinds() ([]RedisKind, error) {
 	var kinds []RedisKind
 	for name := range strings.SplitSeq(v, ",") {
 		k := RedisKind(strings.TrimSpace(name))
-		if !slices.Contains(RedisKinds(), k) {
-			return nil, fmt.Errorf("testenv: %s=%q: unknown kind %q; want some of %v", EnvRedisKinds, v, k, RedisKinds())
+		if !slices.Contains(knownKinds(), k) {
+			return nil, fmt.Errorf("testenv: %s=%q: unknown kind %q; want some of %v", EnvRedisKinds, v, k, knownKinds())
 		}
 		kinds = append(kinds, k)
 	}

@@ -23,8 +23,14 @@ type Redis struct {
 	// Port is the loopback TCP port; it stays the same across restarts.
 	Port int
 
+	// TLSPort is the port of the TLS listener, 0 without one (StartRedisTLS).
+	TLSPort int
+	// TLS is the certificate the TLS listener serves, nil without one.
+	TLS *Certificate
+
 	server
-	extra []string // flags after the defaults: cluster mode, replica of
+	extra []string  // flags after the defaults: cluster mode, replica of, TLS
+	users []ACLUser // set again after every start (AddUser)
 }
 
 // StartRedis starts redis-server on a free loopback port.
@@ -35,7 +41,7 @@ func StartRedis() (*Redis, error) {
 // startRedis starts redis-server on a free port in a new directory under
 // parent ("" for the system's), with the flags extra returns for that port
 // added after the defaults. It tries up to three ports.
-func startRedis(parent string, extra func(port int) ([]string, error)) (*Redis, error) {
+func startRedis(parent string, extra func(dir string, port int) ([]string, error)) (*Redis, error) {
 	bin, err := lookBinary("redis-server")
 	if err != nil {
 		return nil, err
@@ -51,7 +57,7 @@ func startRedis(parent string, extra func(port int) ([]string, error)) (*Redis, 
 			break
 		}
 		if extra != nil {
-			if r.extra, err = extra(r.Port); err != nil {
+			if r.extra, err = extra(dir, r.Port); err != nil {
 				break
 			}
 		}
@@ -87,11 +93,15 @@ func (r *Redis) Start() error {
 	args = append(args, r.extra...)
 	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1, DialTimeout: time.Second})
 	defer c.Close()
-	return r.launch(args, r.Port, 30*time.Second, func() error {
+	err := r.launch(args, r.Port, 30*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		return c.Ping(ctx).Err()
 	})
+	if err != nil {
+		return err
+	}
+	return r.applyUsers()
 }
 
 // Wipe deletes the stopped server's data, so the next Start comes up empty,

@@ -96,7 +96,7 @@ func StartSentinel(opts *SentinelOptions) (*Sentinel, error) {
 		return fail(err)
 	}
 	s.Data = append(s.Data, master)
-	replica, err := startRedis(dir, func(int) ([]string, error) {
+	replica, err := startRedis(dir, func(string, int) ([]string, error) {
 		return []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port)}, nil
 	})
 	if err != nil {
@@ -128,7 +128,8 @@ func StartSentinel(opts *SentinelOptions) (*Sentinel, error) {
 			"sentinel myid " + ids[i],
 			fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 2", s.MasterName, master.Port),
 			fmt.Sprintf("sentinel down-after-milliseconds %s %d", s.MasterName, s.downAfter.Milliseconds()),
-			fmt.Sprintf("sentinel failover-timeout %s %d", s.MasterName, 10*s.downAfter.Milliseconds()),
+			// A failed election (split votes) is retried after twice this.
+			fmt.Sprintf("sentinel failover-timeout %s %d", s.MasterName, 3*s.downAfter.Milliseconds()),
 			fmt.Sprintf("sentinel known-replica %s 127.0.0.1 %d", s.MasterName, replica.Port),
 		}
 		for j, other := range s.Sentinels {
@@ -304,7 +305,20 @@ func (s *Sentinel) failover(ctx context.Context, promoted *Redis) error {
 // waitNamed waits until every sentinel names n as the master and n has
 // taken the role.
 func (s *Sentinel) waitNamed(ctx context.Context, n *Redis) error {
-	return poll(ctx, clusterStableTimeout, func(ctx context.Context) error { return s.namedOnce(ctx, n) })
+	err := poll(ctx, clusterStableTimeout, func(ctx context.Context) error { return s.namedOnce(ctx, n) })
+	if err != nil {
+		return fmt.Errorf("%w%s", err, s.logs())
+	}
+	return nil
+}
+
+// logs returns the end of every sentinel's log, for an error message.
+func (s *Sentinel) logs() string {
+	var b strings.Builder
+	for _, ss := range s.Sentinels {
+		fmt.Fprintf(&b, "\nsentinel %s:\n%s", ss.Addr(), logTail(ss.logPath, 15))
+	}
+	return b.String()
 }
 
 func (s *Sentinel) namedOnce(ctx context.Context, n *Redis) error {
@@ -332,14 +346,44 @@ func (s *Sentinel) namedOnce(ctx context.Context, n *Redis) error {
 }
 
 // waitRoles waits until every sentinel names master, and replica has synced
-// with it.
+// with it and every sentinel would promote it: a failover started before
+// the sentinels have fresh news of the replica finds "no good slave" and
+// is retried only after twice the failover timeout.
 func (s *Sentinel) waitRoles(ctx context.Context, master, replica *Redis) error {
 	return poll(ctx, clusterStableTimeout, func(ctx context.Context) error {
 		if err := s.namedOnce(ctx, master); err != nil {
 			return err
 		}
-		return synced(ctx, replica, master)
+		if err := synced(ctx, replica, master); err != nil {
+			return err
+		}
+		return s.goodReplica(ctx, replica)
 	})
+}
+
+// goodReplica reports an error unless every sentinel sees replica as a
+// healthy replica with a working link to its master and recent news of it.
+func (s *Sentinel) goodReplica(ctx context.Context, replica *Redis) error {
+	for _, ss := range s.Sentinels {
+		c := redis.NewSentinelClient(&redis.Options{Addr: ss.Addr(), MaxRetries: -1})
+		rs, err := c.Replicas(ctx, s.MasterName).Result()
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("sentinel %s: %w", ss.Addr(), err)
+		}
+		good := false
+		for _, r := range rs {
+			refresh, _ := strconv.Atoi(r["info-refresh"])
+			if r["port"] == strconv.Itoa(replica.Port) && r["flags"] == "slave" &&
+				r["master-link-status"] == "ok" && refresh < 2000 {
+				good = true
+			}
+		}
+		if !good {
+			return fmt.Errorf("sentinel %s does not see %s as a good replica yet", ss.Addr(), replica.Addr())
+		}
+	}
+	return nil
 }
 
 // stableOnce returns the master if waitRoles would succeed for one of the

@@ -91,6 +91,7 @@ func TestSentinelLoseWrites(t *testing.T) {
 }
 
 func TestSentinelOptionsAndClose(t *testing.T) {
+	t.Parallel() // its own servers
 	_, err := testenv.StartSentinel(&testenv.SentinelOptions{DownAfter: time.Millisecond})
 	require.ErrorContains(t, err, "DownAfter")
 
@@ -134,10 +135,19 @@ func TestForEachRedis(t *testing.T) {
 	})
 	assert.Equal(t, testenv.RedisKinds(), ran)
 
-	t.Setenv(testenv.EnvRedisKinds, "sentinel,single")
+	t.Setenv(testenv.EnvRedisKinds, "sentinel,tls,single")
 	ran = nil
-	env.ForEachRedis(t, func(t *testing.T, kind testenv.RedisKind, _ redis.UniversalClient) { ran = append(ran, kind) })
-	assert.Equal(t, []testenv.RedisKind{testenv.KindSentinel, testenv.KindSingle}, ran)
+	env.ForEachRedis(t, func(t *testing.T, kind testenv.RedisKind, rdb redis.UniversalClient) {
+		ran = append(ran, kind)
+		require.NoError(t, rdb.Set(ctx, env.Prefix(t)+"k", "v", 0).Err())
+		if kind == testenv.KindTLS {
+			// The client reaches the server over TLS only.
+			opts := rdb.(*redis.Client).Options()
+			assert.NotNil(t, opts.TLSConfig)
+			assert.NotEqual(t, env.RedisAddr(), opts.Addr)
+		}
+	})
+	assert.Equal(t, []testenv.RedisKind{testenv.KindSentinel, testenv.KindTLS, testenv.KindSingle}, ran)
 }
 
 // clusterChild writes through the cluster and the sentinels of its parent.
