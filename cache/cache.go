@@ -136,6 +136,14 @@ type Options struct {
 	// process keeps serving entries after InvalidateNamespace or
 	// InvalidateAll. Default: 1s.
 	GenerationRefresh time.Duration
+	// Namespace names the namespace of a key, whose generation
+	// InvalidateNamespace bumps. It must be fast and pure: the hit path
+	// calls it. The default keeps whatever the keys' layout happens to be:
+	// it suits "table:id" keys, but a key without a ':' is a namespace of
+	// its own (one generation read and one table slot per key), so keys
+	// laid out otherwise want a function of their own. Default: the text
+	// before the key's first ':', or the whole key.
+	Namespace func(key string) string
 	// Prefix is put before the generation keys (<Prefix>gen:<namespace> and
 	// <Prefix>gen). User keys are used as given. Default: "cacheaside:".
 	Prefix string
@@ -262,6 +270,9 @@ func newConfig(opts *Options) config {
 	}
 	if o.Codec == nil {
 		o.Codec = JSONCodec{}
+	}
+	if o.Namespace == nil {
+		o.Namespace = namespace
 	}
 	if o.BreakerThreshold == 0 {
 		o.BreakerThreshold = 5

@@ -33,7 +33,7 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 	if !ok {
 		return fetchDegraded(ctx, c, key, load)
 	}
-	g := c.gens.of(namespace(key))
+	g := c.gens.of(c.cfg.Namespace(key))
 	start := time.Now()
 	raw, present, err := c.get(ctx, key, g, start)
 	c.redisResult(ctx, err)
