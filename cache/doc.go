@@ -180,6 +180,18 @@
 // allocations (BenchmarkFetchHitVsRawBounded); a negative RedisTimeout
 // leaves requests to the client's own timeouts and spares it.
 //
+// # Memory pressure
+//
+// Run the cache's Redis with maxmemory-policy noeviction (Cache.Check
+// says so at start). The eviction policies undo invalidations in silence:
+// volatile-* evicts tombstones and version floors (they have TTLs),
+// allkeys-* generation keys too. Under noeviction a full Redis refuses
+// writes: fills fail (the value is returned, not cached), and an
+// invalidation whose tombstone or floor is refused deletes the key with
+// DEL instead, which Redis takes since it frees memory. The DEL still
+// removes any lease (R1, R6 hold); the tombstone's window and the floor
+// are lost for that key (Stats.OOMDeletes counts them).
+//
 // # Design notes
 //
 // The lease lives in the key rather than in a lock key beside it: a hit is
