@@ -62,6 +62,16 @@ type Filter interface {
 	MayContain(ctx context.Context, key string) bool
 }
 
+// Adder is a Filter that learns keys. When Options.Filter is one, Write
+// and WriteStrong add their keys to it before fn runs, so that a row fn
+// inserts passes the gate as soon as it commits: otherwise the Fetch right
+// after the write would get ErrNotFound until the binlog invalidator adds
+// the key. A key added for a write that inserts nothing only costs the
+// filter a false positive. The bloom package's Filter is one.
+type Adder interface {
+	Add(ctx context.Context, keys ...string) error
+}
+
 // FetchOption adjusts one Fetch or FetchMany call.
 type FetchOption struct {
 	ttl time.Duration

@@ -110,6 +110,9 @@
 //     later never join a flight that began before.
 //  2. Write invalidates, runs fn, invalidates again (even if fn failed or
 //     panicked), and optionally once more after Options.DelayedInvalidation.
+//     When Options.Filter is an Adder, Write and WriteStrong first add
+//     their keys to it, so a row fn inserts is not reported missing by the
+//     filter until the binlog invalidator adds it.
 //  3. WriteStrong (or Options.Strong) sets tombstones living
 //     Options.WriteTimeout before fn: until the invalidation after fn, every
 //     reader loads from the source and nobody fills, so a read issued after

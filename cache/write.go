@@ -126,6 +126,10 @@ func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Co
 	if c.cfg.Strong {
 		return c.WriteStrong(ctx, keys, fn)
 	}
+	if err := c.addToFilter(ctx, keys); err != nil {
+		c.log.Warn("cache: cannot add the written keys to the filter; an inserted row may read as not found until the binlog invalidator adds it",
+			"keys", len(keys), "err", err)
+	}
 	if err := c.Invalidate(ctx, keys...); err != nil {
 		c.log.Warn("cache: invalidation before write failed", "keys", len(keys), "err", err)
 	}
@@ -141,8 +145,12 @@ func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Co
 // go to the source, and see the write as soon as it commits. fn's context
 // ends with the tombstones, so a write cannot outlive its protection.
 //
-// If the tombstones cannot be set, fn is not run and the error is returned.
+// If the tombstones cannot be set, or the keys cannot be added to
+// Options.Filter (see Adder), fn is not run and the error is returned.
 func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
+	if err := c.addToFilter(ctx, keys); err != nil {
+		return fmt.Errorf("cache: strong write: add keys to the filter: %w", err)
+	}
 	// fn's deadline starts before the tombstones are sent, so it passes
 	// before they expire.
 	fctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
@@ -154,6 +162,17 @@ func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx cont
 	defer c.afterWrite(ctx, keys)
 	defer cancel()
 	return fn(fctx)
+}
+
+// addToFilter adds keys to Options.Filter if it is an Adder. It runs
+// before fn: added after, a reader between the commit and the add would
+// be told the new row does not exist.
+func (c *Cache) addToFilter(ctx context.Context, keys []string) error {
+	a, ok := c.cfg.Filter.(Adder)
+	if !ok || len(keys) == 0 {
+		return nil
+	}
+	return a.Add(ctx, keys...)
 }
 
 // afterWrite invalidates keys after a write, even if ctx has ended (the
