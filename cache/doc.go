@@ -139,7 +139,9 @@
 //	    for an invalidation from another process, every shared result
 //	    carries what it rests on, and a caller takes it only if that was
 //	    read from Redis after the caller started, or is the lease the
-//	    caller's own read found; otherwise it loads again.
+//	    caller's own read found and judged current (not older than a
+//	    generation it knows, as after another process's
+//	    InvalidateNamespace); otherwise it loads again.
 //
 // # Degradation
 //
