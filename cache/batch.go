@@ -35,7 +35,7 @@ func FetchMany[T any](ctx context.Context, c *Cache, keys []string, load BatchLo
 	}
 	gs := make([]*generation, len(keys))
 	for i, k := range keys {
-		gs[i] = c.gens.of(namespace(k))
+		gs[i] = c.gens.of(c.cfg.Namespace(k))
 	}
 	vals, err := c.mget(ctx, keys, gs)
 	c.redisResult(ctx, err)

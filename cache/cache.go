@@ -62,6 +62,16 @@ type Filter interface {
 	MayContain(ctx context.Context, key string) bool
 }
 
+// Adder is a Filter that learns keys. When Options.Filter is one, Write
+// and WriteStrong add their keys to it before fn runs, so that a row fn
+// inserts passes the gate as soon as it commits: otherwise the Fetch right
+// after the write would get ErrNotFound until the binlog invalidator adds
+// the key. A key added for a write that inserts nothing only costs the
+// filter a false positive. The bloom package's Filter is one.
+type Adder interface {
+	Add(ctx context.Context, keys ...string) error
+}
+
 // FetchOption adjusts one Fetch or FetchMany call.
 type FetchOption struct {
 	ttl time.Duration
@@ -136,6 +146,14 @@ type Options struct {
 	// process keeps serving entries after InvalidateNamespace or
 	// InvalidateAll. Default: 1s.
 	GenerationRefresh time.Duration
+	// Namespace names the namespace of a key, whose generation
+	// InvalidateNamespace bumps. It must be fast and pure: the hit path
+	// calls it. The default keeps whatever the keys' layout happens to be:
+	// it suits "table:id" keys, but a key without a ':' is a namespace of
+	// its own (one generation read and one table slot per key), so keys
+	// laid out otherwise want a function of their own. Default: the text
+	// before the key's first ':', or the whole key.
+	Namespace func(key string) string
 	// Prefix is put before the generation keys (<Prefix>gen:<namespace> and
 	// <Prefix>gen). User keys are used as given. Default: "cacheaside:".
 	Prefix string
@@ -262,6 +280,9 @@ func newConfig(opts *Options) config {
 	}
 	if o.Codec == nil {
 		o.Codec = JSONCodec{}
+	}
+	if o.Namespace == nil {
+		o.Namespace = namespace
 	}
 	if o.BreakerThreshold == 0 {
 		o.BreakerThreshold = 5

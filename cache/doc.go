@@ -110,6 +110,9 @@
 //     later never join a flight that began before.
 //  2. Write invalidates, runs fn, invalidates again (even if fn failed or
 //     panicked), and optionally once more after Options.DelayedInvalidation.
+//     When Options.Filter is an Adder, Write and WriteStrong first add
+//     their keys to it, so a row fn inserts is not reported missing by the
+//     filter until the binlog invalidator adds it.
 //  3. WriteStrong (or Options.Strong) sets tombstones living
 //     Options.WriteTimeout before fn: until the invalidation after fn, every
 //     reader loads from the source and nobody fills, so a read issued after
@@ -136,7 +139,9 @@
 //	    for an invalidation from another process, every shared result
 //	    carries what it rests on, and a caller takes it only if that was
 //	    read from Redis after the caller started, or is the lease the
-//	    caller's own read found; otherwise it loads again.
+//	    caller's own read found and judged current (not older than a
+//	    generation it knows, as after another process's
+//	    InvalidateNamespace); otherwise it loads again.
 //
 // # Degradation
 //
@@ -179,6 +184,18 @@
 // ContextTimeoutEnabled. The bound costs each hit a timer context, five
 // allocations (BenchmarkFetchHitVsRawBounded); a negative RedisTimeout
 // leaves requests to the client's own timeouts and spares it.
+//
+// # Memory pressure
+//
+// Run the cache's Redis with maxmemory-policy noeviction (Cache.Check
+// says so at start). The eviction policies undo invalidations in silence:
+// volatile-* evicts tombstones and version floors (they have TTLs),
+// allkeys-* generation keys too. Under noeviction a full Redis refuses
+// writes: fills fail (the value is returned, not cached), and an
+// invalidation whose tombstone or floor is refused deletes the key with
+// DEL instead, which Redis takes since it frees memory. The DEL still
+// removes any lease (R1, R6 hold); the tombstone's window and the floor
+// are lost for that key (Stats.OOMDeletes counts them).
 //
 // # Design notes
 //

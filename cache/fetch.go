@@ -33,7 +33,7 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 	if !ok {
 		return fetchDegraded(ctx, c, key, load)
 	}
-	g := c.gens.of(namespace(key))
+	g := c.gens.of(c.cfg.Namespace(key))
 	raw, present, start, err := c.getShared(ctx, key, g)
 	c.redisResult(ctx, err)
 	c.breaker.endProbe(probe)
@@ -70,7 +70,15 @@ func Fetch[T any](ctx context.Context, c *Cache, key string, load LoaderFunc[T],
 		c.stats.stale.Add(1)
 	}
 	c.stats.misses.Add(1)
-	return fetchMiss(ctx, c, key, g, e, readPoint{at: c.since(start), raw: e.raw}, c.ttl(opts), load)
+	seen := readPoint{at: c.since(start), raw: e.raw}
+	if e.st == stStale {
+		// The read found an entry (perhaps a flight's lease) older than a
+		// generation this process knows: a result resting on that lease
+		// predates the bump, so finding the lease does not make the result
+		// cover this read (R10 for a bump from another process).
+		seen.raw = nil
+	}
+	return fetchMiss(ctx, c, key, g, e, seen, c.ttl(opts), load)
 }
 
 // fetchDegraded answers a read without Redis.

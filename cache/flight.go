@@ -40,7 +40,9 @@ type flight struct {
 // read. The result covers the caller when its observation was sent after the
 // caller started (so Redis applied it after those invalidations too), or
 // when the caller's read found the lease the result rests on (that lease
-// outlived those invalidations, so it was taken after them). Otherwise the
+// outlived those invalidations, so it was taken after them) and judged it
+// current: a lease older than a generation the caller knows predates a
+// bump (InvalidateNamespace in another process), which a lease outlives. Otherwise the
 // joiner starts a new flight. In-process invalidations spare callers the
 // wait: they move the key to a new flight epoch at once.
 type basis struct {

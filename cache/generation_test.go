@@ -3,6 +3,7 @@ package cache_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,4 +125,25 @@ func TestGenerationBumpSurvivesLostKey(t *testing.T) {
 			assert.Equal(t, "ann-v2", u.Name, "the entry from before the loss is stale")
 		})
 	}
+}
+
+// Options.Namespace replaces the text-before-':' rule.
+func TestNamespaceOption(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	bySlash := func(key string) string { ns, _, _ := strings.Cut(key, "/"); return ns }
+	c := f.cache(&cache.Options{Namespace: bySlash})
+	users, orders := f.base+"users/1", f.base+"orders/1"
+	for _, k := range []string{users, orders} {
+		_, err := cache.Fetch(ctx, c, k, f.loader(1))
+		require.NoError(t, err)
+	}
+	f.rename(1, "ann-v2")
+	require.NoError(t, c.InvalidateNamespace(ctx, f.base+"users"))
+	u, err := cache.Fetch(ctx, c, users, f.loader(1))
+	require.NoError(t, err)
+	assert.Equal(t, "ann-v2", u.Name, "the key is in the namespace the function names")
+	u, err = cache.Fetch(ctx, c, orders, mustNotLoad(t))
+	require.NoError(t, err)
+	assert.Equal(t, "ann", u.Name, "another namespace keeps its entries")
 }

@@ -35,6 +35,9 @@ type Stats struct {
 	Degraded uint64
 	// Invalidations counts invalidated keys and generation bumps.
 	Invalidations uint64
+	// OOMDeletes counts keys invalidated with a plain DEL because Redis,
+	// out of memory under noeviction, refused their tombstone or floor.
+	OOMDeletes uint64
 	// BreakerOpen reports whether the circuit breaker is open now.
 	BreakerOpen bool
 }
@@ -42,7 +45,7 @@ type Stats struct {
 // counters are the atomic counters behind Stats.
 type counters struct {
 	hits, misses, loads, leaseWaits, notFoundHits, filterRejects, stale, corrupt,
-	fillsRefused, earlyRefreshes, errors, degraded, invalidations atomic.Uint64
+	fillsRefused, earlyRefreshes, errors, degraded, invalidations, oomDeletes atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -53,7 +56,7 @@ func (c *Cache) Stats() Stats {
 		LeaseWaits: s.leaseWaits.Load(), NotFoundHits: s.notFoundHits.Load(),
 		FilterRejects: s.filterRejects.Load(), Stale: s.stale.Load(), Corrupt: s.corrupt.Load(),
 		FillsRefused: s.fillsRefused.Load(), EarlyRefreshes: s.earlyRefreshes.Load(),
-		Errors: s.errors.Load(), Degraded: s.degraded.Load(), Invalidations: s.invalidations.Load(),
+		Errors: s.errors.Load(), Degraded: s.degraded.Load(), Invalidations: s.invalidations.Load(), OOMDeletes: s.oomDeletes.Load(),
 		BreakerOpen: c.breaker.open(),
 	}
 }

@@ -77,12 +77,16 @@ func (c *Cache) InvalidateVersions(ctx context.Context, items ...KeyVersion) err
 	ttl := c.cfg.VersionTTL
 	now := nowMs()
 	for len(items) > 0 {
+		off := len(keys) - len(items)
 		chunk := items[:min(len(items), invalidateChunk)]
 		items = items[len(chunk):]
-		_, err := runPipelined(ctx, c.rdb, versionedTombstoneScript, len(chunk), func(i int) (string, []any) {
+		cmds, err := runPipelined(ctx, c.rdb, versionedTombstoneScript, len(chunk), func(i int) (string, []any) {
 			h := header{kind: kindTombstone, versioned: true, rowVer: floorOf(chunk[i].Version), filled: now, ttl: ms(ttl)}
 			return chunk[i].Key, []any{encodeEntry(h), ttl.Milliseconds()}
 		})
+		if isOOM(err) {
+			err = c.deleteRefused(ctx, keys[off:off+len(chunk)], func(i int) error { return cmds[i].Err() })
+		}
 		c.redisResult(ctx, err)
 		if err != nil {
 			return fmt.Errorf("cache: invalidate versions: %w", err)

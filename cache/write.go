@@ -55,12 +55,20 @@ func (c *Cache) invalidate(ctx context.Context, keys []string, tomb time.Duratio
 		chunk := keys[:min(len(keys), invalidateChunk)]
 		keys = keys[len(chunk):]
 		var err error
+		var errOf func(i int) error
 		if c.cfg.KeepVersionFloors {
-			_, err = runPipelined(ctx, c.rdb, invalidateScript, len(chunk), func(i int) (string, []any) {
+			var cmds []*redis.Cmd
+			cmds, err = runPipelined(ctx, c.rdb, invalidateScript, len(chunk), func(i int) (string, []any) {
 				return chunk[i], args
 			})
+			errOf = func(i int) error { return cmds[i].Err() }
 		} else {
-			err = c.deleteOrBury(ctx, chunk, stone, tomb)
+			var cmds []redis.Cmder
+			cmds, err = c.deleteOrBury(ctx, chunk, stone, tomb)
+			errOf = func(i int) error { return cmds[i].Err() }
+		}
+		if isOOM(err) {
+			err = c.deleteRefused(ctx, chunk, errOf)
 		}
 		c.redisResult(ctx, err)
 		if err != nil {
@@ -118,6 +126,10 @@ func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Co
 	if c.cfg.Strong {
 		return c.WriteStrong(ctx, keys, fn)
 	}
+	if err := c.addToFilter(ctx, keys); err != nil {
+		c.log.Warn("cache: cannot add the written keys to the filter; an inserted row may read as not found until the binlog invalidator adds it",
+			"keys", len(keys), "err", err)
+	}
 	if err := c.Invalidate(ctx, keys...); err != nil {
 		c.log.Warn("cache: invalidation before write failed", "keys", len(keys), "err", err)
 	}
@@ -133,8 +145,12 @@ func (c *Cache) Write(ctx context.Context, keys []string, fn func(ctx context.Co
 // go to the source, and see the write as soon as it commits. fn's context
 // ends with the tombstones, so a write cannot outlive its protection.
 //
-// If the tombstones cannot be set, fn is not run and the error is returned.
+// If the tombstones cannot be set, or the keys cannot be added to
+// Options.Filter (see Adder), fn is not run and the error is returned.
 func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx context.Context) error) error {
+	if err := c.addToFilter(ctx, keys); err != nil {
+		return fmt.Errorf("cache: strong write: add keys to the filter: %w", err)
+	}
 	// fn's deadline starts before the tombstones are sent, so it passes
 	// before they expire.
 	fctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
@@ -146,6 +162,17 @@ func (c *Cache) WriteStrong(ctx context.Context, keys []string, fn func(ctx cont
 	defer c.afterWrite(ctx, keys)
 	defer cancel()
 	return fn(fctx)
+}
+
+// addToFilter adds keys to Options.Filter if it is an Adder. It runs
+// before fn: added after, a reader between the commit and the add would
+// be told the new row does not exist.
+func (c *Cache) addToFilter(ctx context.Context, keys []string) error {
+	a, ok := c.cfg.Filter.(Adder)
+	if !ok || len(keys) == 0 {
+		return nil
+	}
+	return a.Add(ctx, keys...)
 }
 
 // afterWrite invalidates keys after a write, even if ctx has ended (the
@@ -188,9 +215,10 @@ func (c *Cache) invalidateLater(keys []string) {
 
 // deleteOrBury is the plain invalidation of one chunk: DEL, or SET of a
 // plain tombstone, in one pipeline (a lone DEL without one).
-func (c *Cache) deleteOrBury(ctx context.Context, chunk []string, stone []byte, tomb time.Duration) error {
+func (c *Cache) deleteOrBury(ctx context.Context, chunk []string, stone []byte, tomb time.Duration) ([]redis.Cmder, error) {
 	if len(chunk) == 1 && tomb <= 0 {
-		return c.rdb.Del(ctx, chunk[0]).Err()
+		cmd := c.rdb.Del(ctx, chunk[0])
+		return []redis.Cmder{cmd}, cmd.Err()
 	}
 	pipe := c.rdb.Pipeline()
 	for _, k := range chunk {
@@ -200,6 +228,80 @@ func (c *Cache) deleteOrBury(ctx context.Context, chunk []string, stone []byte, 
 			pipe.Del(ctx, k)
 		}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return pipe.Exec(ctx)
+}
+
+// isOOM reports whether Redis refused a write for memory: maxmemory is
+// reached under the noeviction policy.
+func isOOM(err error) bool { return err != nil && redis.HasErrorPrefix(err, "OOM") }
+
+// deleteRefused deletes with DEL the keys among keys whose write (errOf)
+// Redis refused for memory. Under noeviction Redis refuses every write
+// that may add memory, tombstones and version floors included, but takes
+// a DEL, which frees it. A DEL still removes any lease, so no load that
+// began before the invalidation can fill (races R1, R6); what is lost is
+// the tombstone's window (readers may fill at once, Options.TombstoneTTL,
+// WriteStrong) and the version floor (race R4). Failing the invalidation
+// instead would leave the old value in the cache. It returns the first
+// error that is not a refusal for memory, if any.
+func (c *Cache) deleteRefused(ctx context.Context, keys []string, errOf func(i int) error) error {
+	var refused []string
+	var first error
+	for i, k := range keys {
+		switch err := errOf(i); {
+		case isOOM(err):
+			refused = append(refused, k)
+		case err != nil && err != redis.Nil && first == nil:
+			first = err
+		}
+	}
+	if len(refused) == 0 {
+		return first
+	}
+	c.stats.oomDeletes.Add(uint64(len(refused)))
+	c.log.Warn("cache: Redis is out of memory (maxmemory, noeviction); invalidating with DEL, without tombstones or version floors",
+		"keys", len(refused))
+	pipe := c.rdb.Pipeline()
+	for _, k := range refused {
+		pipe.Del(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return err
+	}
+	return first
+}
+
+// Check reads the Redis settings that the guarantee depends on, on every
+// master, and returns an error that names the first unsafe one (it also
+// logs it). Call it once at start; New does no I/O.
+//
+// Under maxmemory, only the noeviction policy is safe. The volatile-*
+// policies evict keys that have a TTL, tombstones and version floors
+// among them, which silently ends a WriteStrong hold, a tombstone's window
+// or a floor (race R4). The allkeys-* policies evict generation keys too:
+// a process that starts after the key of a bumped generation was evicted
+// serves the entries the bump invalidated. Under noeviction, Redis refuses
+// writes when full; invalidations then fall back to DEL (see OOMDeletes in
+// Stats) and fills are refused, so nothing stale is served.
+func (c *Cache) Check(ctx context.Context) error {
+	check := func(ctx context.Context, node *redis.Client) error {
+		cfg, err := node.ConfigGet(ctx, "maxmemory*").Result()
+		if err != nil {
+			return fmt.Errorf("cache: read maxmemory-policy of %s (check it by hand if CONFIG is disabled): %w", node.Options().Addr, err)
+		}
+		if cfg["maxmemory"] == "0" || cfg["maxmemory-policy"] == "noeviction" {
+			return nil
+		}
+		err = fmt.Errorf("cache: Redis %s has maxmemory %s with maxmemory-policy %s, which may evict tombstones, version floors or generation keys and undo invalidations in silence; set maxmemory-policy noeviction",
+			node.Options().Addr, cfg["maxmemory"], cfg["maxmemory-policy"])
+		c.log.Warn(err.Error())
+		return err
+	}
+	switch r := c.rdb.(type) {
+	case *redis.Client:
+		return check(ctx, r)
+	case *redis.ClusterClient:
+		return r.ForEachMaster(ctx, check)
+	}
+	return nil
 }
