@@ -108,10 +108,21 @@ func (f *Filter) Warm(ctx context.Context, keys Keys) error {
 //     starts after step 1 sees every row whose Add could have missed it).
 //  3. That filter is written to a load buffer and OR-ed into the new bitmap
 //     (BITOP OR), which keeps the bits Add set meanwhile.
-//  4. The new version becomes current and the old one "prev" (one script).
+//  4. Options.BeforeSwap, when set, waits (for the binlog invalidator to
+//     have applied every commit so far: see below).
+//  5. The new version becomes current and the old one "prev" (one script).
 //     Add keeps writing to both.
-//  5. After DropDelay, the old bitmap is deleted, then unlisted. An
+//  6. After DropDelay, the old bitmap is deleted, then unlisted. An
 //     instance still reading it finds it missing and answers "may contain".
+//
+// Every row the scan read is in the new version, and so is every key whose
+// Add began after step 1. A key whose Add came earlier, for a row that
+// committed after the scan's snapshot (a writer's Add before its commit,
+// typically), is not: it is missing from the new version until the binlog
+// invalidator's Add after the commit, which always comes after step 1.
+// Without BeforeSwap that can be for the invalidator's whole lag (for
+// ever without an invalidator); with BeforeSwap waiting for the
+// invalidator, never.
 func (f *Filter) Rebuild(ctx context.Context, keys Keys) error {
 	return f.build(ctx, keys, false)
 }
@@ -182,6 +193,11 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 			}
 		}
 		return err
+	}
+	if f.opts.BeforeSwap != nil {
+		if err := f.opts.BeforeSwap(ctx); err != nil {
+			return fmt.Errorf("bloom: build %s: before swap: %w", f.key, err)
+		}
 	}
 	res, err = swapScript.Run(ctx, f.rdb, []string{f.key}, v.spec).StringSlice()
 	if err != nil || len(res) != 3 {

@@ -9,9 +9,16 @@
 // MayContain answers false only for a key that the current version of the
 // filter does not hold: a key that was not in the scan that built the
 // version and was not added since. Every row the build's scan read, and
-// every key whose Add returned after the build started, is in the version;
-// once Add returns, every instance that asks Redis sees the key, across
-// rebuilds. Whenever the filter cannot tell — not warmed yet, bitmap
+// every key whose Add began after the build was announced, is in the
+// version; once Add returns, every instance that asks Redis sees the key.
+// An Add made before a build was announced, for a row that commits after
+// the build's scan, reaches only the old version: the key is in the new
+// one once the binlog invalidator's Add after the commit is, which
+// Options.BeforeSwap can wait for (invalidate's Invalidator.WaitApplied);
+// without it the key reads "cannot contain" after the swap for the
+// invalidator's lag. Warm and Rebuild must scan the primary (or a replica
+// known to be caught up): a lagging replica's snapshot misses rows the
+// invalidator may already have added before the build was announced. Whenever the filter cannot tell — not warmed yet, bitmap
 // deleted, Redis unreachable, parameters that differ from this instance's
 // Options — MayContain answers true ("may contain"): the filter fails open
 // and the read goes on to the cache and MySQL. After a Redis error it fails
