@@ -71,6 +71,16 @@
 // already writes to, then swap it in with one script: adds made during a
 // rebuild reach both versions and none is lost. See Rebuild for the steps.
 //
+// # Order at start-up
+//
+// Start the binlog invalidator first and Warm after it leads or stands by:
+// a scan that starts after the invalidator's start position misses no row,
+// since every later commit reaches the filter through the invalidator. A
+// filter warmed before the invalidator's first start (no checkpoint yet)
+// would miss every row committed between the scan and that start, which
+// the stream begins after; the invalidator deletes such a filter when it
+// first starts, and it answers "may contain" until warmed again.
+//
 // # What it does not promise
 //
 //   - An Add that fails (Redis down) is not retried: the caller retries, as

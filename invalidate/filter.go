@@ -149,3 +149,16 @@ func gtidSeqs(set string) (map[string]uint64, error) {
 	}
 	return out, nil
 }
+
+// resetFilterOnFirstStart deletes the filter when the invalidator starts
+// with no checkpoint. A first start streams from the server's position
+// now, so a filter warmed before it (the natural order at start-up) would
+// lack every row committed between its scan and that position, for good:
+// deleted, it answers "may contain" until a Warm that starts after this
+// point builds it again. It retries until it succeeds or ctx ends.
+func (inv *Invalidator) resetFilterOnFirstStart(ctx context.Context) error {
+	if _, ok := inv.opts.Filter.(Forgetter); !ok {
+		return nil
+	}
+	return inv.retry(ctx, "reset filter", func() error { return inv.forgetFilter(ctx) })
+}

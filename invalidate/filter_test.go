@@ -156,3 +156,33 @@ func (w *watchedCheckpoints) Load(ctx context.Context) (binlog.Position, error) 
 	}
 	return w.CheckpointStore.Load(ctx)
 }
+
+// TestWarmBeforeFirstStart: the filter is warmed, a row is inserted, and
+// only then does the invalidator start for the first time, from the
+// server's position at that moment. The row is in neither the scan nor
+// the stream: the filter must not report it absent.
+func TestWarmBeforeFirstStart(t *testing.T) {
+	ctx := context.Background()
+	rdb := env.RedisClient(t)
+	key := env.Prefix(t) + "bloom"
+	filter := bloom.New(rdb, key, &bloom.Options{ExpectedItems: 1000})
+	t.Cleanup(func() { _ = filter.Delete(context.Background()) })
+	s := newStack(t, stackOptions{inv: &invalidate.Options{Filter: filter}, external: true})
+	require.NoError(t, filter.Warm(ctx, bloom.Scan(ctx, s.db, s.prefix+"user:", "SELECT id FROM users")))
+	_, err := s.db.Exec("INSERT INTO users (id, email, name) VALUES (1, 'ann@example.com', 'Ann')")
+	require.NoError(t, err)
+
+	s.inv = s.newInvalidator(t)
+	s.stop = s.run(t)
+	assert.True(t, filter.MayContain(ctx, userKey(s.prefix, 1)), "a row committed between the Warm and the first start reads \"cannot contain\"")
+	assert.Equal(t, uint64(1), s.inv.Stats().FilterResets)
+
+	// Warmed again after the start, it holds the row, and the rows after.
+	require.NoError(t, filter.Warm(ctx, bloom.Scan(ctx, s.db, s.prefix+"user:", "SELECT id FROM users")))
+	_, err = s.db.Exec("INSERT INTO users (id, email, name) VALUES (2, 'bob@example.com', 'Bob')")
+	require.NoError(t, err)
+	s.fence(t)
+	assert.True(t, filter.MayContain(ctx, userKey(s.prefix, 1)))
+	assert.True(t, filter.MayContain(ctx, userKey(s.prefix, 2)))
+	assert.False(t, filter.MayContain(ctx, userKey(s.prefix, 3)), "the warmed filter answers")
+}

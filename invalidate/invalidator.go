@@ -176,6 +176,9 @@ func (inv *Invalidator) lead(ctx context.Context, epoch uint64) error {
 		if pos, err = inv.currentPosition(ctx); err != nil {
 			return nil // ctx ended
 		}
+		if err := inv.resetFilterOnFirstStart(ctx); err != nil {
+			return nil // ctx ended
+		}
 		if err := inv.save(ctx, epoch, pos); err != nil {
 			return inv.deposed(ctx, epoch, err)
 		}
