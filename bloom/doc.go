@@ -26,7 +26,14 @@
 //
 // False positives are the price: about Options.FalsePositiveRate of the
 // absent keys once Options.ExpectedItems keys are in, more beyond that
-// (rebuild with larger Options), and deleted keys stay in until a Rebuild.
+// (Fill reports the rate now; rebuild with larger Options when it passes
+// what you accept), and deleted keys stay in until a Rebuild.
+//
+// Version ids start from Redis's clock (TIME), not the client's, so that
+// after a Delete no id is used twice. A bitmap being built expires after
+// Options.BuildTimeout unless the swap makes it current, so a builder that
+// dies leaks nothing. A replaced version is dropped after DropDelay, by
+// the Rebuild that replaced it or by a later build, never sooner.
 //
 // # Model
 //

@@ -168,7 +168,7 @@ type Filter struct {
 	publish string
 
 	state    atomic.Pointer[state] // parameters as last read
-	stateMu  sync.Mutex            // one reader of the parameters at a time
+	stateSem chan struct{}         // one reader of the parameters at a time
 	local    atomic.Pointer[localCopy]
 	live     atomic.Bool // Run is subscribed and local was loaded after that
 	running  atomic.Bool // Run is running
@@ -190,12 +190,13 @@ func New(rdb redis.UniversalClient, key string, opts *Options) *Filter {
 	o, err := opts.withDefaults()
 	m, k := bloomv3.EstimateParameters(o.ExpectedItems, o.FalsePositiveRate)
 	f := &Filter{
-		rdb:     rdb,
-		key:     key,
-		opts:    o,
-		own:     Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
-		err:     err,
-		publish: "PUBLISH",
+		rdb:      rdb,
+		key:      key,
+		opts:     o,
+		own:      Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
+		err:      err,
+		publish:  "PUBLISH",
+		stateSem: make(chan struct{}, 1),
 	}
 	if _, ok := rdb.(*redis.ClusterClient); ok {
 		f.publish = "SPUBLISH"
