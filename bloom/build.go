@@ -108,10 +108,21 @@ func (f *Filter) Warm(ctx context.Context, keys Keys) error {
 //     starts after step 1 sees every row whose Add could have missed it).
 //  3. That filter is written to a load buffer and OR-ed into the new bitmap
 //     (BITOP OR), which keeps the bits Add set meanwhile.
-//  4. The new version becomes current and the old one "prev" (one script).
+//  4. Options.BeforeSwap, when set, waits (for the binlog invalidator to
+//     have applied every commit so far: see below).
+//  5. The new version becomes current and the old one "prev" (one script).
 //     Add keeps writing to both.
-//  5. After DropDelay, the old bitmap is deleted, then unlisted. An
+//  6. After DropDelay, the old bitmap is deleted, then unlisted. An
 //     instance still reading it finds it missing and answers "may contain".
+//
+// Every row the scan read is in the new version, and so is every key whose
+// Add began after step 1. A key whose Add came earlier, for a row that
+// committed after the scan's snapshot (a writer's Add before its commit,
+// typically), is not: it is missing from the new version until the binlog
+// invalidator's Add after the commit, which always comes after step 1.
+// Without BeforeSwap that can be for the invalidator's whole lag (for
+// ever without an invalidator); with BeforeSwap waiting for the
+// invalidator, never.
 func (f *Filter) Rebuild(ctx context.Context, keys Keys) error {
 	return f.build(ctx, keys, false)
 }
@@ -120,14 +131,27 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 	if f.err != nil {
 		return f.err
 	}
-	if err := f.dropPrev(ctx); err != nil {
+	st, err := f.reloadParams(ctx)
+	if err != nil {
+		return fmt.Errorf("bloom: build %s: %w", f.key, err)
+	}
+	if warm && st.cur != nil {
+		return nil // current already: allocate nothing
+	}
+	if err := f.dropPrev(ctx, st); err != nil {
 		return err
 	}
 	// Version ids are never reused, not even after Delete: a reader that
-	// still holds old parameters must not find a new bitmap under an old name.
+	// still holds old parameters must not find a new bitmap under an old
+	// name. The sequence starts from Redis's clock, the one clock every
+	// instance shares, so that it moves on after a Delete.
+	now, err := f.rdb.Time(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("bloom: build %s: %w", f.key, err)
+	}
 	var incr *redis.IntCmd
-	_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSetNX(ctx, f.key, "seq", time.Now().UnixMicro())
+	_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSetNX(ctx, f.key, "seq", now.UnixMicro())
 		incr = p.HIncrBy(ctx, f.key, "seq", 1)
 		return nil
 	})
@@ -138,8 +162,14 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 	v := newVersion(uint64(id), f.own)
 	bm := f.bitmapKey(v.id)
 	// Create the bitmap at full length before announcing it: Add writes
-	// only to bitmaps that exist.
-	if err := f.rdb.SetBit(ctx, bm, int64(v.m-1), 0).Err(); err != nil {
+	// only to bitmaps that exist. It expires after BuildTimeout unless the
+	// swap makes it current, so a builder that dies leaks nothing.
+	_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SetBit(ctx, bm, int64(v.m-1), 0)
+		p.PExpire(ctx, bm, f.opts.BuildTimeout)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("bloom: build %s: %w", f.key, err)
 	}
 	// Until the swap, every way out abandons v.
@@ -183,7 +213,12 @@ func (f *Filter) build(ctx context.Context, keys Keys, warm bool) error {
 		}
 		return err
 	}
-	res, err = swapScript.Run(ctx, f.rdb, []string{f.key}, v.spec).StringSlice()
+	if f.opts.BeforeSwap != nil {
+		if err := f.opts.BeforeSwap(ctx); err != nil {
+			return fmt.Errorf("bloom: build %s: before swap: %w", f.key, err)
+		}
+	}
+	res, err = swapScript.Run(ctx, f.rdb, []string{f.key, bm}, v.spec).StringSlice()
 	if err != nil || len(res) != 3 {
 		return fmt.Errorf("bloom: build %s: swap: %v %w", f.key, res, err)
 	}
@@ -252,6 +287,7 @@ func (f *Filter) load(ctx context.Context, v *version, keys Keys) (int64, error)
 		// the bits Add set meanwhile: make sure it is still there.
 		exists = p.Exists(ctx, f.bitmapKey(v.id))
 		p.BitOpOr(ctx, f.bitmapKey(v.id), f.bitmapKey(v.id), buf)
+		p.PExpire(ctx, f.bitmapKey(v.id), f.opts.BuildTimeout) // BITOP stores anew, without the TTL
 		p.Del(ctx, buf)
 		return nil
 	})
@@ -288,13 +324,18 @@ func (f *Filter) drop(ctx context.Context, v *version) error {
 	return f.notify(ctx, msgReload)
 }
 
-// dropPrev drops a version a previous Rebuild left listed as prev.
-func (f *Filter) dropPrev(ctx context.Context) error {
-	st, err := f.reloadParams(ctx)
+// dropPrev drops a version a previous Rebuild left listed as prev, once
+// DropDelay has passed since the swap (by Redis's clock): until then,
+// instances that have not re-read the parameters may still answer from it.
+func (f *Filter) dropPrev(ctx context.Context, st *state) error {
+	if st.prev == nil {
+		return nil
+	}
+	now, err := f.rdb.Time(ctx).Result()
 	if err != nil {
 		return fmt.Errorf("bloom: build %s: %w", f.key, err)
 	}
-	if st.prev == nil {
+	if now.UnixMilli()-st.prevSince < f.opts.DropDelay.Milliseconds() {
 		return nil
 	}
 	return f.drop(ctx, st.prev)

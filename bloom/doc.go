@@ -9,9 +9,16 @@
 // MayContain answers false only for a key that the current version of the
 // filter does not hold: a key that was not in the scan that built the
 // version and was not added since. Every row the build's scan read, and
-// every key whose Add returned after the build started, is in the version;
-// once Add returns, every instance that asks Redis sees the key, across
-// rebuilds. Whenever the filter cannot tell — not warmed yet, bitmap
+// every key whose Add began after the build was announced, is in the
+// version; once Add returns, every instance that asks Redis sees the key.
+// An Add made before a build was announced, for a row that commits after
+// the build's scan, reaches only the old version: the key is in the new
+// one once the binlog invalidator's Add after the commit is, which
+// Options.BeforeSwap can wait for (invalidate's Invalidator.WaitApplied);
+// without it the key reads "cannot contain" after the swap for the
+// invalidator's lag. Warm and Rebuild must scan the primary (or a replica
+// known to be caught up): a lagging replica's snapshot misses rows the
+// invalidator may already have added before the build was announced. Whenever the filter cannot tell — not warmed yet, bitmap
 // deleted, Redis unreachable, parameters that differ from this instance's
 // Options — MayContain answers true ("may contain"): the filter fails open
 // and the read goes on to the cache and MySQL. After a Redis error it fails
@@ -19,7 +26,14 @@
 //
 // False positives are the price: about Options.FalsePositiveRate of the
 // absent keys once Options.ExpectedItems keys are in, more beyond that
-// (rebuild with larger Options), and deleted keys stay in until a Rebuild.
+// (Fill reports the rate now; rebuild with larger Options when it passes
+// what you accept), and deleted keys stay in until a Rebuild.
+//
+// Version ids start from Redis's clock (TIME), not the client's, so that
+// after a Delete no id is used twice. A bitmap being built expires after
+// Options.BuildTimeout unless the swap makes it current, so a builder that
+// dies leaks nothing. A replaced version is dropped after DropDelay, by
+// the Rebuild that replaced it or by a later build, never sooner.
 //
 // # Model
 //
@@ -63,6 +77,16 @@
 // filter in the process and OR it into a new version that every Add
 // already writes to, then swap it in with one script: adds made during a
 // rebuild reach both versions and none is lost. See Rebuild for the steps.
+//
+// # Order at start-up
+//
+// Start the binlog invalidator first and Warm after it leads or stands by:
+// a scan that starts after the invalidator's start position misses no row,
+// since every later commit reaches the filter through the invalidator. A
+// filter warmed before the invalidator's first start (no checkpoint yet)
+// would miss every row committed between the scan and that start, which
+// the stream begins after; the invalidator deletes such a filter when it
+// first starts, and it answers "may contain" until warmed again.
 //
 // # What it does not promise
 //

@@ -92,6 +92,17 @@ type Options struct {
 	// BuildTimeout is how long a Warm or Rebuild may take before another
 	// one may replace it (its builder crashed, presumably). Default: 1h.
 	BuildTimeout time.Duration
+	// BeforeSwap, when set, is called by Warm and Rebuild after the scan has
+	// been written to the new version and before that version becomes
+	// current; an error abandons the build. An Add made before a build
+	// began reaches only the old version, so a row whose Add came before
+	// the build and whose commit came after the scan's snapshot is missing
+	// from the new version until the binlog invalidator's Add, made after
+	// the commit, puts it there. Give BeforeSwap a function that waits
+	// until the invalidator has applied everything committed before it was
+	// called (invalidate's Invalidator.WaitApplied), so that the swap never
+	// installs a version without such a row. Default: nil (no wait).
+	BeforeSwap func(ctx context.Context) error
 	// Progress, when set, is called during Warm and Rebuild every
 	// ProgressEvery keys and once more when the new version is current.
 	// Default: nil.
@@ -167,7 +178,7 @@ type Filter struct {
 	publish string
 
 	state    atomic.Pointer[state] // parameters as last read
-	stateMu  sync.Mutex            // one reader of the parameters at a time
+	stateSem chan struct{}         // one reader of the parameters at a time
 	local    atomic.Pointer[localCopy]
 	live     atomic.Bool // Run is subscribed and local was loaded after that
 	running  atomic.Bool // Run is running
@@ -189,12 +200,13 @@ func New(rdb redis.UniversalClient, key string, opts *Options) *Filter {
 	o, err := opts.withDefaults()
 	m, k := bloomv3.EstimateParameters(o.ExpectedItems, o.FalsePositiveRate)
 	f := &Filter{
-		rdb:     rdb,
-		key:     key,
-		opts:    o,
-		own:     Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
-		err:     err,
-		publish: "PUBLISH",
+		rdb:      rdb,
+		key:      key,
+		opts:     o,
+		own:      Params{M: uint64(m), K: uint64(k), Hash: HashVersion},
+		err:      err,
+		publish:  "PUBLISH",
+		stateSem: make(chan struct{}, 1),
 	}
 	if _, ok := rdb.(*redis.ClusterClient); ok {
 		f.publish = "SPUBLISH"

@@ -3,11 +3,13 @@ package bloom
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
 
 	bloomv3 "github.com/bits-and-blooms/bloom/v3"
+	"github.com/redis/go-redis/v9"
 )
 
 // Params are what fixes a filter's bit locations. Every instance that
@@ -102,6 +104,7 @@ func containsVersion(vs []*version, v *version) bool {
 type state struct {
 	cur, next, prev *version
 	format          string
+	prevSince       int64 // when prev was replaced, Redis time in ms
 	err             error // why it is not usable, nil when it is
 	read            time.Time
 }
@@ -129,6 +132,7 @@ func (f *Filter) parse(h map[string]string) *state {
 	st.cur, _ = parseVersion(h["cur"])
 	st.next, _ = parseVersion(h["next"])
 	st.prev, _ = parseVersion(h["prev"])
+	st.prevSince, _ = strconv.ParseInt(h["prev_since"], 10, 64)
 	switch {
 	case st.format != "" && st.format != format:
 		st.err = &MismatchError{Key: f.key, Format: st.format}
@@ -152,13 +156,20 @@ func (f *Filter) params(ctx context.Context) (*state, error) {
 	if st != nil && time.Since(st.read) < f.opts.ParamsRefresh {
 		return st, nil
 	}
-	if st != nil && !f.stateMu.TryLock() {
-		return st, nil
+	select {
+	case f.stateSem <- struct{}{}:
+	default:
+		if st != nil {
+			return st, nil
+		}
+		// No parameters yet: wait for the read under way, as long as ctx lets.
+		select {
+		case f.stateSem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	if st == nil {
-		f.stateMu.Lock()
-	}
-	defer f.stateMu.Unlock()
+	defer func() { <-f.stateSem }()
 	if st := f.state.Load(); st != nil && time.Since(st.read) < f.opts.ParamsRefresh {
 		return st, nil
 	}
@@ -180,4 +191,52 @@ func (f *Filter) reloadParams(ctx context.Context) (*state, error) {
 	st := f.parse(h)
 	f.state.Store(st)
 	return st, nil
+}
+
+// Fill describes how full the current version of the filter is.
+type Fill struct {
+	Version uint64  // the current version
+	Bits    uint64  // its size m
+	Set     uint64  // bits set
+	Ratio   float64 // Set/Bits
+	// FalsePositiveRate is the share of absent keys answered "may contain"
+	// now: Ratio^k. It passes Options.FalsePositiveRate once more than
+	// ExpectedItems keys are in (0.157 at twice as many, for 0.01).
+	FalsePositiveRate float64
+	// Items estimates the keys in the version from Ratio: -m/k*ln(1-Ratio).
+	Items float64
+}
+
+// Fill counts the bits set in the current version (BITCOUNT: O(m) work in
+// Redis, so call it now and then, not per lookup). When FalsePositiveRate
+// passes what the service accepts (twice Options.FalsePositiveRate, say),
+// give every instance a larger ExpectedItems and Rebuild. It returns
+// ErrNotWarm with no current version, a *MismatchError for parameters
+// other than Options, and ErrNotWarm when the bitmap is missing.
+func (f *Filter) Fill(ctx context.Context) (Fill, error) {
+	st, err := f.reloadParams(ctx)
+	if err != nil {
+		return Fill{}, fmt.Errorf("bloom: fill %s: %w", f.key, err)
+	}
+	if st.err != nil {
+		return Fill{}, st.err
+	}
+	v := st.cur
+	var exists, count *redis.IntCmd
+	_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		exists = p.Exists(ctx, f.bitmapKey(v.id))
+		count = p.BitCount(ctx, f.bitmapKey(v.id), nil)
+		return nil
+	})
+	if err != nil {
+		return Fill{}, fmt.Errorf("bloom: fill %s: %w", f.key, err)
+	}
+	if exists.Val() == 0 {
+		return Fill{}, ErrNotWarm
+	}
+	fl := Fill{Version: v.id, Bits: v.m, Set: uint64(count.Val())}
+	fl.Ratio = float64(fl.Set) / float64(fl.Bits)
+	fl.FalsePositiveRate = math.Pow(fl.Ratio, float64(v.k))
+	fl.Items = -float64(v.m) / float64(v.k) * math.Log1p(-fl.Ratio)
+	return fl, nil
 }

@@ -6,7 +6,7 @@
 -- rather than a stale one. Returns the number of fields removed.
 local n = 0
 if redis.call('HGET', KEYS[1], 'prev') == ARGV[1] then
-  n = n + redis.call('HDEL', KEYS[1], 'prev')
+  n = n + redis.call('HDEL', KEYS[1], 'prev', 'prev_since')
 end
 if redis.call('HGET', KEYS[1], 'next') == ARGV[1] then
   n = n + redis.call('HDEL', KEYS[1], 'next', 'next_since')
