@@ -73,6 +73,20 @@ type stack struct {
 	rules   *invalidate.Rules
 	invOpts invalidate.Options
 	stop    func()
+
+	mu   sync.Mutex
+	invs []*invalidate.Invalidator // every invalidator of this process
+}
+
+// flushes sums the whole-cache flushes of the stack's invalidators.
+func (s *stack) flushes() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for _, inv := range s.invs {
+		n += inv.Stats().Flushes
+	}
+	return n
 }
 
 type stackOptions struct {
@@ -147,7 +161,11 @@ func newStack(t testing.TB, o stackOptions) *stack {
 // newInvalidator returns another invalidator of the stack, sharing its
 // leader lock and checkpoint.
 func (s *stack) newInvalidator(t testing.TB) *invalidate.Invalidator {
-	return invalidate.New(newStream(t, env), s.cache, s.rdb, s.rules, &s.invOpts)
+	inv := invalidate.New(newStream(t, env), s.cache, s.rdb, s.rules, &s.invOpts)
+	s.mu.Lock()
+	s.invs = append(s.invs, inv)
+	s.mu.Unlock()
+	return inv
 }
 
 // run starts the invalidator, waits until it leads and streams, and returns
