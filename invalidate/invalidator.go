@@ -173,10 +173,21 @@ func New(stream *binlog.Stream, target Target, rdb redis.UniversalClient, rules 
 	return inv
 }
 
-// Run campaigns for leadership and, while leader, streams the binlog from
-// the checkpoint and invalidates. It returns nil after ctx is cancelled and
-// the first fatal error otherwise (a wrong MySQL setting, a failing rule).
+// Run checks MySQL's settings and privileges, then campaigns for leadership
+// and, while leader, streams the binlog from the checkpoint and
+// invalidates. It returns nil after ctx is cancelled and the first fatal
+// error otherwise: a wrong MySQL setting or a missing privilege (at start,
+// before campaigning), a failing rule.
 func (inv *Invalidator) Run(ctx context.Context) error {
+	// Every instance checks MySQL's settings and its privileges before it
+	// campaigns, so that a wrong setting is an error from Run at once, on a
+	// first start and on a resume alike, on the leader and on standbys.
+	if err := inv.stream.Check(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("invalidate: %w", err)
+	}
 	el := lock.NewElection(inv.rdb, inv.opts.LeaderKey, &lock.ElectionOptions{TTL: inv.opts.LeaderTTL, Logger: inv.opts.Logger})
 	return el.Run(ctx, inv.lead)
 }
@@ -250,6 +261,9 @@ func (inv *Invalidator) restart(ctx context.Context, cl *binlog.Claim) (binlog.P
 	inv.opts.Logger.Error("invalidate: no usable checkpoint (first start, or Redis or the binlog lost it); flushing the whole cache and starting from the current position",
 		"checkpoint", cl.Pos.String())
 	now, err := inv.currentPosition(ctx)
+	if stop := (backoffStop{}); errors.As(err, &stop) {
+		return now, fmt.Errorf("invalidate: read the current binlog position: %w", stop.err)
+	}
 	if err != nil {
 		return now, nil // ctx ended
 	}
@@ -274,7 +288,13 @@ func (inv *Invalidator) restart(ctx context.Context, cl *binlog.Claim) (binlog.P
 // currentPosition reads the server's binary log position, retrying until
 // it answers or ctx ends.
 func (inv *Invalidator) currentPosition(ctx context.Context) (pos binlog.Position, err error) {
-	err = inv.retry(ctx, "read current position", func() (err error) { pos, err = inv.stream.CurrentPosition(ctx); return err })
+	err = inv.retry(ctx, "read current position", func() (err error) {
+		pos, err = inv.stream.CurrentPosition(ctx)
+		if err != nil && ctx.Err() == nil && !binlog.Transient(err) {
+			return backoffStop{err} // access denied, a wrong setting: no retry fixes it
+		}
+		return err
+	})
 	return pos, err
 }
 
