@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -163,6 +165,17 @@ func TestConsistency(t *testing.T) {
 			time.Sleep(3 * time.Second)
 			require.NoError(t, r.Kill())
 			require.NoError(t, r.Start())
+		}},
+		{name: "leader's mariadb connection cut past the lock TTL", external: 2, fault: func(t *testing.T, c *chaos, cs *childSet) {
+			leader := cs.waitLeader(t)
+			cut := time.Now()
+			leader.proxy.cut(true)
+			// The leader steps down after StepDownAfter (3 x its 1s TTL) and
+			// the standby, which reaches MariaDB, takes over.
+			require.Eventually(t, func() bool { return cs.leaderOtherThan(leader) }, 20*time.Second, 5*time.Millisecond)
+			t.Logf("standby leads %v after the cut", time.Since(cut).Round(time.Millisecond))
+			time.Sleep(time.Second)
+			leader.proxy.cut(false)
 		}},
 		{name: "mariadb restarted", fault: func(t *testing.T, c *chaos, _ *childSet) {
 			m, _ := env.Faults(t)
@@ -409,25 +422,29 @@ func (c *chaos) verify() {
 
 // childSet runs invalidators of one stack in child processes.
 type childSet struct {
-	s     *stack
-	c     *chaos
-	mu    sync.Mutex
-	procs []*childProc
+	s         *stack
+	c         *chaos
+	leaderTTL time.Duration // 0: the tests' 1s
+	mu        sync.Mutex
+	procs     []*childProc
 }
 
 type childProc struct {
 	cmd    *exec.Cmd
+	proxy  *proxy // the child's only way to MariaDB
 	leader atomic.Bool
 	dead   atomic.Bool
 }
 
 func (cs *childSet) start(t *testing.T) {
 	t.Helper()
-	cmd := env.Child(context.Background(), "invalidator", "DB="+cs.s.dbName, "PREFIX="+cs.s.prefix)
+	px := newProxy(t, env.MySQLConfig("").Addr)
+	cmd := env.Child(context.Background(), "invalidator", "DB="+cs.s.dbName, "PREFIX="+cs.s.prefix, "MYSQL_ADDR="+px.addr(),
+		"LEADER_TTL="+cs.leaderTTL.String())
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &childProc{cmd: cmd}
+	p := &childProc{cmd: cmd, proxy: px}
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -436,9 +453,9 @@ func (cs *childSet) start(t *testing.T) {
 			case len(f) == 0:
 			case f[0] == "leading":
 				p.leader.Store(true)
-			case f[0] == "flushed":
+			case f[0] == "flushed" && cs.c != nil:
 				cs.c.sawFlush()
-			case f[0] == "applied" && len(f) == 3:
+			case f[0] == "applied" && len(f) == 3 && cs.c != nil:
 				id, _ := strconv.ParseInt(f[1], 10, 64)
 				v, _ := strconv.ParseInt(f[2], 10, 64)
 				cs.c.mu.Lock()
@@ -472,6 +489,103 @@ func (cs *childSet) waitLeader(t *testing.T) *childProc {
 		return false
 	}, 20*time.Second, 5*time.Millisecond)
 	return leader
+}
+
+// leaderOtherThan reports whether a live child other than p has led since
+// it started.
+func (cs *childSet) leaderOtherThan(p *childProc) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, q := range cs.procs {
+		if q != p && q.leader.Load() && !q.dead.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// proxy forwards TCP connections to MariaDB until it is cut: then it closes
+// every connection it carries and refuses new ones, as a network partition
+// between one process and MariaDB would.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  map[net.Conn]bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut(true)
+	})
+	go p.serve()
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		go p.forward(c)
+	}
+}
+
+func (p *proxy) forward(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	if !p.track(c, up) {
+		c.Close()
+		up.Close()
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+	<-done
+	c.Close()
+	up.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	delete(p.conns, up)
+	p.mu.Unlock()
+}
+
+// track registers a connection pair, false when the proxy is cut.
+func (p *proxy) track(conns ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down {
+		return false
+	}
+	for _, c := range conns {
+		p.conns[c] = true
+	}
+	return true
+}
+
+// cut closes every carried connection and refuses new ones (down), or lets
+// connections through again.
+func (p *proxy) cut(down bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = down
+	if down {
+		for c := range p.conns {
+			c.Close()
+		}
+	}
 }
 
 // killLeader SIGKILLs the leading child and measures nothing: the
@@ -521,7 +635,8 @@ func childInvalidator(ctx context.Context, e *testenv.Env) error {
 			report("applied %d %d", id, sign*v)
 		}
 	}
-	inv := invalidate.New(stream, c, rdb, rules, invalidatorOptions(invalidate.Options{OnApplied: onApplied}, rdb, prefix))
+	ttl, _ := time.ParseDuration(os.Getenv("LEADER_TTL"))
+	inv := invalidate.New(stream, c, rdb, rules, invalidatorOptions(invalidate.Options{OnApplied: onApplied, LeaderTTL: ttl}, rdb, prefix))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

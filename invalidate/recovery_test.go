@@ -242,3 +242,20 @@ func TestMissingPrivilegeIsAnErrorFromRun(t *testing.T) {
 		assert.NotContains(t, err.Error(), "secret-pw")
 	}
 }
+
+// TestTakeoverAfterLeaderKill measures, with the default LeaderTTL (5s),
+// the time from a SIGKILL of the leading process to invalidations flowing
+// again from the standby, and requires that they do.
+func TestTakeoverAfterLeaderKill(t *testing.T) {
+	s := newStack(t, stackOptions{external: true})
+	cs := &childSet{s: s, leaderTTL: 5 * time.Second}
+	cs.start(t)
+	cs.waitLeader(t)
+	cs.start(t)
+	s.fence(t)
+	killed := time.Now()
+	cs.killLeader(t)
+	s.fence(t)
+	t.Logf("LeaderTTL 5s: invalidations flow again %v after the leader's SIGKILL", time.Since(killed).Round(time.Millisecond))
+	assert.True(t, cs.leaderOtherThan(nil))
+}
