@@ -2,6 +2,7 @@ package binlog
 
 import (
 	"context"
+	"database/sql"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -201,3 +202,24 @@ var advanceRefusals = map[int64]string{
 	3: "it went back to an older state (Redis lost writes)",
 	4: "Redis restarted or failed over since the claim (writes may be lost)",
 }
+
+// Check makes the checks Run makes before it streams (server settings and
+// privileges), so that a caller that reads positions first (a checkpoint
+// store, Stream.CurrentPosition) fails at start with the same clear error
+// instead of retrying: joined *PreflightError values (errors.Is(err,
+// ErrPreflight)). Connection errors are retried until ctx ends, as Run
+// retries them.
+func (s *Stream) Check(ctx context.Context) error {
+	db := sql.OpenDB(s.connector())
+	defer db.Close()
+	err := s.retry(ctx, "preflight", func() error {
+		_, err := preflight(ctx, db, &s.cfg, s.opts.Logger)
+		return err
+	})
+	return s.redact(err)
+}
+
+// Transient reports whether err, from a Stream method, may go away on a
+// new connection (a network error, a server restarting). Everything else
+// (access denied, a wrong setting, a lost position) will not.
+func Transient(err error) bool { return transient(err) }

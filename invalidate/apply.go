@@ -39,6 +39,12 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 	}
 	for i := range tx.Rows {
 		row := &tx.Rows[i]
+		// The cascade comes first: it depends only on the table and the
+		// operation, and must not be skipped when the row's own keys cannot
+		// be built (a partial image, a value no template can print).
+		for _, t := range inv.rules.cascaded(row.Schema, row.Table, row.Op) {
+			tableWide(t.schema, t.table, false) // cascades delete or update, never insert
+		}
 		plain, versioned, err := inv.rules.keys(*row)
 		if err != nil {
 			// A value no template can print must not stop the stream, nor be
@@ -54,9 +60,6 @@ func (inv *Invalidator) plan(tx *binlog.Tx) *work {
 		w.keys = append(w.keys, keys...)
 		if row.Op == binlog.Insert || row.Op == binlog.Update {
 			w.adds = append(w.adds, keys...)
-		}
-		for _, t := range inv.rules.cascaded(row.Schema, row.Table, row.Op) {
-			tableWide(t.schema, t.table, false) // cascades delete or update, never insert
 		}
 	}
 	for _, ch := range tx.Changes {

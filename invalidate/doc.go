@@ -76,6 +76,7 @@
 //     starts from the current position. Nothing cached before the loss
 //     survives to be stale, and every change after the new position is
 //     streamed.
+//
 //   - Redis loses a suffix of its writes (a failover to a replica that
 //     lagged, an append-only file that lost its last second), with or
 //     without the lock: the record goes back to an earlier state, or Redis's
@@ -84,11 +85,34 @@
 //     from the record's position, which is never later than the lost
 //     invalidations. A deposed leader cannot save past them: its saves
 //     compare-and-set against a record that changed.
+//
 //   - Another leadership claimed the record (this leader was paused past
 //     its lock's TTL): its save is refused; it steps down.
 //
+//   - The leader cannot reach MySQL (a partition, a stream that keeps
+//     failing to connect): the stream retries by itself, and when neither a
+//     transaction nor a probe of the server's position has come through for
+//     Options.StepDownAfter (3 x LeaderTTL by default), the leader steps
+//     down, so that a standby that can reach MySQL takes over from the
+//     checkpoint.
+//
+//   - The leader dies (SIGKILL): a standby takes the lock once its TTL has
+//     run out and polls within TTL/10, so it leads within about
+//     LeaderTTL + LeaderTTL/10 and replays from the checkpoint.
+//
 // Epochs count leaderships of the record; they restart at 1 when the record
 // is lost, which is harmless because fencing rests on the owner's token.
+//
+// # Names and errors at start
+//
+// Options.Name names the source; the default keys of the lock and the
+// checkpoint follow it ("cacheaside:invalidate:{<Name>}:leader" and
+// ":checkpoint", one hash tag so that a Cluster keeps them in one slot).
+// Services or MySQL clusters that share a Redis need names of their own.
+// Run checks MySQL's settings and the user's privileges before it
+// campaigns (binlog.Stream.Check), so a wrong setting or a missing
+// privilege (REPLICATION CLIENT, say) is an error from Run at start, on a
+// first start and on a resume alike, never a retry loop.
 //
 // Invalidation uses the cache's own semantics (see package cache): leases of
 // fills in flight are killed, and with a tombstone window configured on the

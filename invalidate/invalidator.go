@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -67,6 +68,12 @@ type Options struct {
 	// LeaderTTL is the leader lock's TTL: a dead leader is replaced after
 	// about this long. Default: 5s.
 	LeaderTTL time.Duration
+	// StepDownAfter bounds how long a leader goes on without reaching
+	// MySQL: when neither a transaction nor a probe of the server's
+	// position has come through for this long, it steps down (releases
+	// the lock and campaigns again after a pause), so that a standby that
+	// can reach MySQL takes over. Default: 3 x LeaderTTL.
+	StepDownAfter time.Duration
 	// Filter, when set, is told the keys of every inserted row (a Bloom
 	// filter of existing keys) before their not-found entries are removed.
 	// When it is also a Forgetter (bloom.Filter is), a change that may have
@@ -131,6 +138,9 @@ func (o *Options) withDefaults(rdb redis.UniversalClient) Options {
 	if v.LeaderTTL <= 0 {
 		v.LeaderTTL = 5 * time.Second
 	}
+	if v.StepDownAfter <= 0 {
+		v.StepDownAfter = 3 * v.LeaderTTL
+	}
 	if v.CheckpointInterval <= 0 {
 		v.CheckpointInterval = 100 * time.Millisecond
 	}
@@ -173,10 +183,21 @@ func New(stream *binlog.Stream, target Target, rdb redis.UniversalClient, rules 
 	return inv
 }
 
-// Run campaigns for leadership and, while leader, streams the binlog from
-// the checkpoint and invalidates. It returns nil after ctx is cancelled and
-// the first fatal error otherwise (a wrong MySQL setting, a failing rule).
+// Run checks MySQL's settings and privileges, then campaigns for leadership
+// and, while leader, streams the binlog from the checkpoint and
+// invalidates. It returns nil after ctx is cancelled and the first fatal
+// error otherwise: a wrong MySQL setting or a missing privilege (at start,
+// before campaigning), a failing rule.
 func (inv *Invalidator) Run(ctx context.Context) error {
+	// Every instance checks MySQL's settings and its privileges before it
+	// campaigns, so that a wrong setting is an error from Run at once, on a
+	// first start and on a resume alike, on the leader and on standbys.
+	if err := inv.stream.Check(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("invalidate: %w", err)
+	}
 	el := lock.NewElection(inv.rdb, inv.opts.LeaderKey, &lock.ElectionOptions{TTL: inv.opts.LeaderTTL, Logger: inv.opts.Logger})
 	return el.Run(ctx, inv.lead)
 }
@@ -250,6 +271,9 @@ func (inv *Invalidator) restart(ctx context.Context, cl *binlog.Claim) (binlog.P
 	inv.opts.Logger.Error("invalidate: no usable checkpoint (first start, or Redis or the binlog lost it); flushing the whole cache and starting from the current position",
 		"checkpoint", cl.Pos.String())
 	now, err := inv.currentPosition(ctx)
+	if stop := (backoffStop{}); errors.As(err, &stop) {
+		return now, fmt.Errorf("invalidate: read the current binlog position: %w", stop.err)
+	}
 	if err != nil {
 		return now, nil // ctx ended
 	}
@@ -274,7 +298,13 @@ func (inv *Invalidator) restart(ctx context.Context, cl *binlog.Claim) (binlog.P
 // currentPosition reads the server's binary log position, retrying until
 // it answers or ctx ends.
 func (inv *Invalidator) currentPosition(ctx context.Context) (pos binlog.Position, err error) {
-	err = inv.retry(ctx, "read current position", func() (err error) { pos, err = inv.stream.CurrentPosition(ctx); return err })
+	err = inv.retry(ctx, "read current position", func() (err error) {
+		pos, err = inv.stream.CurrentPosition(ctx)
+		if err != nil && ctx.Err() == nil && !binlog.Transient(err) {
+			return backoffStop{err} // access denied, a wrong setting: no retry fixes it
+		}
+		return err
+	})
 	return pos, err
 }
 
@@ -312,9 +342,13 @@ func (inv *Invalidator) consume(ctx context.Context, cl *binlog.Claim, from binl
 	inv.stats.received.Store(inv.stats.transactions.Load())
 	g, gctx := errgroup.WithContext(ctx)
 	queue := make(chan *work, inv.opts.Queue)
+	var progress atomic.Int64 // unix nanoseconds of the last sign of a reachable MySQL
+	progress.Store(time.Now().UnixNano())
+	g.Go(func() error { return inv.watch(gctx, &progress) })
 	g.Go(func() error {
 		defer close(queue)
 		return inv.stream.Run(gctx, from, binlog.HandlerFunc(func(ctx context.Context, tx *binlog.Tx) error {
+			progress.Store(time.Now().UnixNano())
 			w := inv.plan(tx)
 			inv.stats.received.Add(1) // before the send: Pending never goes negative
 			select {
@@ -331,6 +365,44 @@ func (inv *Invalidator) consume(ctx context.Context, cl *binlog.Claim, from binl
 		return nil
 	}
 	return err
+}
+
+// watch steps down when MySQL has been out of reach for StepDownAfter:
+// while no transaction arrives it probes the server's position, and a
+// probe that answers counts as progress. The stream retries a lost
+// connection by itself for as long as it takes; without watch, a leader
+// cut off from MySQL would keep the lock, and so keep out a standby that
+// can reach it.
+func (inv *Invalidator) watch(ctx context.Context, progress *atomic.Int64) error {
+	limit := inv.opts.StepDownAfter
+	tick := time.NewTicker(limit / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		idle := time.Since(time.Unix(0, progress.Load()))
+		if idle < limit/4 {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, limit/4)
+		_, err := inv.stream.CurrentPosition(pctx)
+		cancel()
+		switch {
+		case err == nil:
+			progress.Store(time.Now().UnixNano())
+		case ctx.Err() != nil:
+			return nil
+		case idle >= limit:
+			inv.opts.Logger.Error("invalidate: MySQL out of reach; stepping down so that another instance can lead",
+				"for", idle.Round(time.Millisecond), "err", err)
+			return fmt.Errorf("%w: invalidate: MySQL out of reach for %v: %w", lock.ErrStepDown, idle.Round(time.Millisecond), err)
+		default:
+			inv.opts.Logger.Warn("invalidate: MySQL out of reach", "for", idle.Round(time.Millisecond), "err", err)
+		}
+	}
 }
 
 // advance moves the checkpoint to pos, retrying Redis errors. A record

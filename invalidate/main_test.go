@@ -39,9 +39,14 @@ func newStream(tb testing.TB, e *testenv.Env) *binlog.Stream {
 	return s
 }
 
-// openStream is newStream for a child process, which has no testing.TB.
+// openStream is newStream for a child process, which has no testing.TB. A
+// child given MYSQL_ADDR reaches MariaDB there (through a proxy the parent
+// can cut).
 func openStream(e *testenv.Env) (*binlog.Stream, error) {
 	cfg := e.MySQLConfig("")
+	if addr := os.Getenv("MYSQL_ADDR"); addr != "" {
+		cfg.Addr = addr
+	}
 	return binlog.New(binlog.Config{
 		Addr: cfg.Addr, User: cfg.User, Password: cfg.Passwd,
 		ServerID: 1000 + rand.Uint32N(1<<30),
@@ -73,6 +78,20 @@ type stack struct {
 	rules   *invalidate.Rules
 	invOpts invalidate.Options
 	stop    func()
+
+	mu   sync.Mutex
+	invs []*invalidate.Invalidator // every invalidator of this process
+}
+
+// flushes sums the whole-cache flushes of the stack's invalidators.
+func (s *stack) flushes() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for _, inv := range s.invs {
+		n += inv.Stats().Flushes
+	}
+	return n
 }
 
 type stackOptions struct {
@@ -149,7 +168,11 @@ func newStack(t testing.TB, o stackOptions) *stack {
 // newInvalidator returns another invalidator of the stack, sharing its
 // leader lock and checkpoint.
 func (s *stack) newInvalidator(t testing.TB) *invalidate.Invalidator {
-	return invalidate.New(newStream(t, env), s.cache, s.rdb, s.rules, &s.invOpts)
+	inv := invalidate.New(newStream(t, env), s.cache, s.rdb, s.rules, &s.invOpts)
+	s.mu.Lock()
+	s.invs = append(s.invs, inv)
+	s.mu.Unlock()
+	return inv
 }
 
 // run starts the invalidator, waits until it leads and streams, and returns

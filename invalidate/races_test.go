@@ -498,3 +498,56 @@ func TestR4LaggingReplicaFillRefusedByVersion(t *testing.T) {
 		})
 	}
 }
+
+// A parent row whose keys cannot be built (here: a partial image from a
+// session that logs binlog_row_image=MINIMAL, without the name its key
+// template needs) falls back to invalidating the parent table; the cascade
+// to the child must still happen.
+func TestR8ForeignKeyCascadeFromUnprintableParent(t *testing.T) {
+	s := newStack(t, stackOptions{
+		tables: []string{
+			"CREATE TABLE teams (id BIGINT PRIMARY KEY, name VARCHAR(50) NOT NULL)",
+			"CREATE TABLE members (id BIGINT PRIMARY KEY, team_id BIGINT NOT NULL, name VARCHAR(50), FOREIGN KEY (team_id) REFERENCES teams (id) ON DELETE CASCADE)",
+		},
+		rules: func(db, prefix string) []invalidate.Rule {
+			return []invalidate.Rule{
+				{Schema: db, Table: "teams", Keys: []string{"team-" + prefix + "{name}"}}, // a namespace of its own
+				{Schema: db, Table: "members", Keys: []string{prefix + "member:{id}"}},
+				{Schema: db, Table: "fence", Keys: []string{prefix + "fence:{id}"}},
+			}
+		},
+	})
+	ctx := context.Background()
+	for _, q := range []string{"INSERT INTO teams VALUES (1, 'blue')", "INSERT INTO members VALUES (10, 1, 'm')"} {
+		_, err := s.db.Exec(q)
+		require.NoError(t, err, q)
+	}
+	s.fence(t)
+	loads := 0
+	member := func() (string, error) {
+		return cache.Fetch(ctx, s.cache, s.prefix+"member:10", func(ctx context.Context) (string, error) {
+			loads++
+			var n string
+			err := s.db.QueryRowContext(ctx, "SELECT name FROM members WHERE id = 10").Scan(&n)
+			if errors.Is(err, sql.ErrNoRows) {
+				return "", cache.ErrNotFound
+			}
+			return n, err
+		})
+	}
+	v, err := member()
+	require.NoError(t, err)
+	require.Equal(t, "m", v)
+
+	conn, err := s.db.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, "SET SESSION binlog_row_image = 'MINIMAL'")
+	require.NoError(t, err)
+	_, err = conn.ExecContext(ctx, "DELETE FROM teams WHERE id = 1") // its image holds the id only; cascades to member 10
+	require.NoError(t, err)
+	s.fence(t)
+	_, err = member()
+	assert.ErrorIs(t, err, cache.ErrNotFound, "the cascaded delete of member 10 was invalidated")
+	assert.Equal(t, 2, loads)
+}

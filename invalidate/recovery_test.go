@@ -3,6 +3,7 @@ package invalidate_test
 import (
 	"context"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cacheaside/cacheaside/binlog"
 	"github.com/cacheaside/cacheaside/invalidate"
 )
 
@@ -200,4 +202,60 @@ func TestRecoveryMissingCheckpointFlushes(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, loaded)
 	assert.Equal(t, "v2", u.Name, "the change committed while the checkpoint was missing is not served stale")
+}
+
+// A MySQL user without REPLICATION CLIENT cannot read the binlog position:
+// Run must return a clear error at start, on a first start and on a resume
+// alike, instead of retrying for ever.
+func TestMissingPrivilegeIsAnErrorFromRun(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	s.stop()
+	ctx := context.Background()
+	user := "norepl_" + strconv.Itoa(rand.IntN(1e9))
+	for _, q := range []string{
+		"CREATE USER '" + user + "'@'%' IDENTIFIED BY 'secret-pw'",
+		"GRANT REPLICATION SLAVE, SELECT ON *.* TO '" + user + "'@'%'",
+	} {
+		_, err := env.Admin().Exec(q)
+		require.NoError(t, err, q)
+	}
+	t.Cleanup(func() { _, _ = env.Admin().Exec("DROP USER '" + user + "'@'%'") })
+	cfg := env.MySQLConfig("")
+	stream, err := binlog.New(binlog.Config{Addr: cfg.Addr, User: user, Password: "secret-pw", ServerID: 1000 + rand.Uint32N(1<<30)}, nil)
+	require.NoError(t, err)
+
+	for _, start := range []string{"first start", "resume"} {
+		if start == "first start" {
+			env.DeleteKeys(s.prefix)
+		} else {
+			s.inv = s.newInvalidator(t)
+			s.stop = s.run(t) // saves a checkpoint
+			s.stop()
+		}
+		inv := invalidate.New(stream, s.cache, s.rdb, s.rules, &s.invOpts)
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := inv.Run(ctx)
+		cancel()
+		require.Error(t, err, start)
+		assert.ErrorIs(t, err, binlog.ErrPreflight, start)
+		assert.ErrorContains(t, err, "REPLICATION CLIENT", start)
+		assert.NotContains(t, err.Error(), "secret-pw")
+	}
+}
+
+// TestTakeoverAfterLeaderKill measures, with the default LeaderTTL (5s),
+// the time from a SIGKILL of the leading process to invalidations flowing
+// again from the standby, and requires that they do.
+func TestTakeoverAfterLeaderKill(t *testing.T) {
+	s := newStack(t, stackOptions{external: true})
+	cs := &childSet{s: s, leaderTTL: 5 * time.Second}
+	cs.start(t)
+	cs.waitLeader(t)
+	cs.start(t)
+	s.fence(t)
+	killed := time.Now()
+	cs.killLeader(t)
+	s.fence(t)
+	t.Logf("LeaderTTL 5s: invalidations flow again %v after the leader's SIGKILL", time.Since(killed).Round(time.Millisecond))
+	assert.True(t, cs.leaderOtherThan(nil))
 }
