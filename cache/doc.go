@@ -37,6 +37,9 @@
 //     goes back in place of the lease (Stats.FillsRefused). A not-found
 //     result fills only when the floor is 0. A type that does not implement
 //     Versioner never fills over a versioned tombstone: it loads each time.
+//   - An early refresh of a value that recorded its version takes that
+//     version as its floor: an older row (a lagging replica) is refused
+//     and the value stays.
 //   - Floors never go down: a tombstone sent over a higher versioned
 //     tombstone is dropped, and one sent over a lease or value that records
 //     a higher version (filled values of a Versioner record theirs) takes

@@ -402,3 +402,29 @@ func TestPlainInvalidateKeepsFloorWithoutScripts(t *testing.T) {
 	require.NoError(t, c.Invalidate(ctx, keys[0]))
 	f.requireFloor(keys[0], 3)
 }
+
+// An early refresh must not fill an older row than the value it refreshes
+// records (a loader reading a lagging replica): the value's version is the
+// refresh lease's floor.
+func TestEarlyRefreshKeepsVersionFloor(t *testing.T) {
+	f := newItems(t)
+	ctx := context.Background()
+	replica := laggingReplica(t, f.db) // still at version 1
+	f.update(1, "b", 2)
+	c := f.cache(&cache.Options{EarlyRefresh: 1e12}) // every hit refreshes
+	key := f.key("item", 1)
+	it, err := cache.Fetch(ctx, c, key, f.itemLoader(f.db, 1)) // fills version 2
+	require.NoError(t, err)
+	require.Equal(t, int64(2), it.Version)
+
+	it, err = cache.Fetch(ctx, c, key, f.itemLoader(replica, 1)) // a hit; the refresh reads the replica
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), it.Version)
+	require.NoError(t, c.Close()) // waits for the refresh
+	assert.Equal(t, uint64(1), c.Stats().EarlyRefreshes)
+	assert.Equal(t, uint64(1), c.Stats().FillsRefused, "the older row was refused")
+
+	it, err = cache.Fetch(ctx, f.cache(nil), key, mustNotLoadItem(t))
+	require.NoError(t, err)
+	assert.Equal(t, item{ID: 1, Name: "b", Version: 2}, it, "the refreshed value stays")
+}
