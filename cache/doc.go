@@ -55,7 +55,10 @@
 //     Options.VersionTTL (or the plain tombstone's life if longer), instead
 //     of deleting the key. A plain tombstone's life (TombstoneTTL,
 //     WriteStrong's WriteTimeout) is a hold within it: until it passes,
-//     readers load without filling, as under a plain tombstone. So Write
+//     readers load without filling, as under a plain tombstone. Redis's
+//     clock says when it has passed (the lease script compares the key's
+//     time to live with the floor's own life), not the reader's, which may
+//     run ahead of the writer's by more than the hold. So Write
 //     and the binlog invalidator may reach a key in either order. The cost:
 //     a deleted row whose value recorded a version is not cached as
 //     not-found until that tombstone expires (readers load it), and a

@@ -140,6 +140,10 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 		lease := encodeEntry(stamp, newToken())
 		f.before(lease)
 		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl, false)
+		if err == errHeld {
+			c.redisResult(ctx, nil)
+			return f.loadOnly(ctx)
+		}
 		c.redisResult(ctx, err)
 		switch {
 		case err != nil:

@@ -428,3 +428,35 @@ func TestEarlyRefreshKeepsVersionFloor(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, item{ID: 1, Name: "b", Version: 2}, it, "the refreshed value stays")
 }
+
+// A hold (a WriteStrong or TombstoneTTL window kept over a floor, see
+// KeepVersionFloors) written by a process whose clock runs behind the
+// reader's by more than the hold: by the reader's clock it is over, by
+// Redis's it is not. Redis's clock decides: nothing fills through it.
+func TestHoldDecidedByRedisClock(t *testing.T) {
+	f := newItems(t)
+	ctx := context.Background()
+	c := f.cache(nil)
+	const life, hold = 60_000, 10_000 // ms
+	writerNow := uint64(time.Now().Add(-20 * time.Second).UnixMilli())
+	stone := cache.VersionedHold(1, writerNow+hold, life-hold)
+	k1, k2 := f.key("item", 1), f.key("item", 2)
+	for _, k := range []string{k1, k2} {
+		require.NoError(t, f.rdb.Set(ctx, k, stone, life*time.Millisecond).Err())
+	}
+
+	it, err := cache.Fetch(ctx, c, k1, f.itemLoader(f.db, 1))
+	require.NoError(t, err)
+	assert.Equal(t, "a", it.Name)
+	m, err := cache.FetchMany(ctx, c, []string{k2}, func(ctx context.Context, keys []string) (map[string]item, error) {
+		it, err := f.itemLoader(f.db, 1)(ctx)
+		return map[string]item{k2: it}, err
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "a", m[k2].Name)
+	for _, k := range []string{k1, k2} {
+		raw, err := f.rdb.Get(ctx, k).Bytes()
+		require.NoError(t, err)
+		assert.Equal(t, "tombstone", cache.KindOf(raw), "%s: nothing filled through the hold", k)
+	}
+}
