@@ -40,6 +40,11 @@
 //   - An early refresh of a value that recorded its version takes that
 //     version as its floor: an older row (a lagging replica) is refused
 //     and the value stays.
+//   - A versioned tombstone that lands on a hold (WriteStrong's
+//     tombstones, a TombstoneTTL window) keeps the hold: it lives that
+//     much longer, and readers load without filling until the hold ends,
+//     so the binlog invalidator catching up on an earlier commit of the
+//     row cannot let a reader fill the old row while the write runs.
 //   - Floors never go down: a tombstone sent over a higher versioned
 //     tombstone is dropped, and one sent over a lease or value that records
 //     a higher version (filled values of a Versioner record theirs) takes

@@ -460,3 +460,34 @@ func TestHoldDecidedByRedisClock(t *testing.T) {
 		assert.Equal(t, "tombstone", cache.KindOf(raw), "%s: nothing filled through the hold", k)
 	}
 }
+
+// A versioned tombstone for an earlier commit of the row (the binlog
+// invalidator catching up) that lands while WriteStrong's fn runs must
+// not end WriteStrong's hold: a reader would fill the old row during fn,
+// and serve it after the commit (read-your-writes lost).
+func TestVersionedTombstoneKeepsWriteStrongHold(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		f := newItems(t)
+		ctx := context.Background()
+		writer := f.cache(&cache.Options{KeepVersionFloors: keep})
+		binlog, reader := f.cache(&cache.Options{KeepVersionFloors: keep}), f.cache(&cache.Options{KeepVersionFloors: keep})
+		key := f.key("item", 1)
+		_, err := cache.Fetch(ctx, reader, key, f.itemLoader(f.db, 1)) // records version 1
+		require.NoError(t, err)
+
+		require.NoError(t, writer.WriteStrong(ctx, []string{key}, func(ctx context.Context) error {
+			require.NoError(t, binlog.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 1}))
+			it, err := cache.Fetch(ctx, reader, key, f.itemLoader(f.db, 1))
+			require.NoError(t, err)
+			assert.Equal(t, "a", it.Name, "not committed yet")
+			raw, err := f.rdb.Get(ctx, key).Bytes()
+			require.NoError(t, err)
+			assert.Equal(t, "tombstone", cache.KindOf(raw), "keep floors %v: nothing filled during the write", keep)
+			_, err = f.db.ExecContext(ctx, "UPDATE items SET name = 'b', version = 2 WHERE id = 1")
+			return err
+		}))
+		it, err := cache.Fetch(ctx, reader, key, f.itemLoader(f.db, 1))
+		require.NoError(t, err)
+		assert.Equal(t, "b", it.Name)
+	}
+}
