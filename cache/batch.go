@@ -180,7 +180,7 @@ func (b *batch[T]) acquire(ctx context.Context) {
 		}
 	}
 	cmds, err := runPipelined(ctx, c.rdb, leaseScript, len(b.lease), func(i int) (string, []any) {
-		return b.lease[i].key, []any{b.lease[i].seen, leases[i], ttls[i], "0"}
+		return b.lease[i].key, []any{b.lease[i].seen, leases[i], ttls[i], "0", holdArg(b.lease[i].seen)}
 	})
 	c.redisResult(ctx, err)
 	for i, p := range b.lease {

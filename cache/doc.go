@@ -37,6 +37,14 @@
 //     goes back in place of the lease (Stats.FillsRefused). A not-found
 //     result fills only when the floor is 0. A type that does not implement
 //     Versioner never fills over a versioned tombstone: it loads each time.
+//   - An early refresh of a value that recorded its version takes that
+//     version as its floor: an older row (a lagging replica) is refused
+//     and the value stays.
+//   - A versioned tombstone that lands on a hold (WriteStrong's
+//     tombstones, a TombstoneTTL window) keeps the hold: it lives that
+//     much longer, and readers load without filling until the hold ends,
+//     so the binlog invalidator catching up on an earlier commit of the
+//     row cannot let a reader fill the old row while the write runs.
 //   - Floors never go down: a tombstone sent over a higher versioned
 //     tombstone is dropped, and one sent over a lease or value that records
 //     a higher version (filled values of a Versioner record theirs) takes
@@ -52,7 +60,10 @@
 //     Options.VersionTTL (or the plain tombstone's life if longer), instead
 //     of deleting the key. A plain tombstone's life (TombstoneTTL,
 //     WriteStrong's WriteTimeout) is a hold within it: until it passes,
-//     readers load without filling, as under a plain tombstone. So Write
+//     readers load without filling, as under a plain tombstone. Redis's
+//     clock says when it has passed (the lease script compares the key's
+//     time to live with the floor's own life), not the reader's, which may
+//     run ahead of the writer's by more than the hold. So Write
 //     and the binlog invalidator may reach a key in either order. The cost:
 //     a deleted row whose value recorded a version is not cached as
 //     not-found until that tombstone expires (readers load it), and a

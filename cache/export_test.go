@@ -55,3 +55,9 @@ func VersionOf(b []byte) (uint64, bool) {
 func VersionedLease(ver, filled, ttl uint64) []byte {
 	return encodeEntry(header{kind: kindLease, versioned: true, rowVer: ver, filled: filled, ttl: ttl}, newToken())
 }
+
+// VersionedHold returns a versioned tombstone at floor ver whose hold ends
+// at filled (Unix ms, the writer's clock), the floor living ttl ms after.
+func VersionedHold(ver, filled, ttl uint64) []byte {
+	return encodeEntry(header{kind: kindTombstone, versioned: true, rowVer: ver, filled: filled, ttl: ttl})
+}

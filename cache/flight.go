@@ -140,6 +140,10 @@ func (f *flight) run(ctx context.Context, e entry) (any, error) {
 		lease := encodeEntry(stamp, newToken())
 		f.before(lease)
 		ok, cur, present, err := c.acquire(ctx, f.key, e.raw, lease, ttl, false)
+		if err == errHeld {
+			c.redisResult(ctx, nil)
+			return f.loadOnly(ctx)
+		}
 		c.redisResult(ctx, err)
 		switch {
 		case err != nil:
@@ -167,6 +171,12 @@ func (f *flight) refresh(ctx context.Context, e entry) (any, error) {
 	c := f.c
 	now := nowMs()
 	stamp := c.leaseStamp(f.g, now)
+	if e.h.versioned && e.h.rowVer > 0 {
+		// The value recorded its row version: that is the floor of the
+		// reload, so a loader that reads a lagging replica cannot fill an
+		// older row over it (the refusal puts the value back).
+		stamp.versioned, stamp.rowVer = true, e.h.rowVer
+	}
 	lh := e.h
 	lh.kind = kindRefresh
 	prefix := append(appendHeader(nil, lh), newToken()...)
@@ -215,7 +225,7 @@ func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, r
 	case errors.Is(err, ErrNotFound):
 		v, err = nil, ErrNotFound
 		if !admits(&stamp, nil, true) {
-			f.refuse(ctx, prefix, &stamp)
+			f.refuse(ctx, prefix, restore, &stamp)
 			return nil, err
 		}
 		ttl = c.jittered(c.cfg.NotFoundTTL)
@@ -226,7 +236,7 @@ func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, r
 		return nil, err
 	default:
 		if !admits(&stamp, v, false) {
-			f.refuse(ctx, prefix, &stamp)
+			f.refuse(ctx, prefix, restore, &stamp)
 			return v, nil
 		}
 		data, merr := c.codec.Marshal(v)
@@ -254,12 +264,13 @@ func (f *flight) loadAndFill(ctx context.Context, prefix []byte, stamp header, r
 
 // refuse ends a lease whose load is older than the floor it carries
 // (stamp): the value is returned to the callers, and the floor's tombstone
-// goes back in place of the lease.
-func (f *flight) refuse(ctx context.Context, prefix []byte, stamp *header) {
+// (or the value a refresh lease replaced, restore) goes back in place of
+// the lease.
+func (f *flight) refuse(ctx context.Context, prefix []byte, restore *entry, stamp *header) {
 	f.c.stats.fillsRefused.Add(1)
 	f.c.log.Debug("cache: fill refused: the loaded row is older than the key's versioned tombstone",
 		"key", f.key, "version", stamp.rowVer)
-	f.giveBack(ctx, prefix, nil, stamp)
+	f.giveBack(ctx, prefix, restore, stamp)
 }
 
 // giveBack ends a lease after a failed load: it restores the entry a refresh

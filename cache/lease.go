@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	_ "embed"
+	"errors"
 	"fmt"
 	randv2 "math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,17 +61,40 @@ func (c *Cache) acquire(ctx context.Context, key string, seen, lease []byte, ttl
 	if strict {
 		mode = "1"
 	}
-	res, err := leaseScript.Run(ctx, c.rdb, []string{key}, seen, lease, ttl.Milliseconds(), mode).Result()
+	res, err := leaseScript.Run(ctx, c.rdb, []string{key}, seen, lease, ttl.Milliseconds(), mode, holdArg(seen)).Result()
 	if err != nil {
 		return false, nil, false, err
 	}
 	switch v := res.(type) {
 	case int64:
+		if v == -1 {
+			return false, seen, true, errHeld
+		}
 		return v == 1, nil, false, nil
 	case string:
 		return false, []byte(v), true, nil
 	}
 	return false, nil, false, fmt.Errorf("cache: lease script returned %T", res)
+}
+
+// errHeld says the versioned tombstone a lease was to replace is still in
+// its hold, by Redis's clock: load without filling, as under a plain
+// tombstone.
+var errHeld = errors.New("cache: the key is held by a tombstone")
+
+// holdArg is the lease script's ARGV[5] for the bytes seen: for a versioned
+// tombstone, the life its header gives the floor after the hold (it lives
+// that long plus the hold in Redis), so that the script can tell from the
+// key's PTTL whether the hold is over. The reader's classify judges the
+// hold by the fill time the writer's clock put in the header; a reader
+// whose clock runs ahead of the writer's by more than the hold would take
+// it as over and fill through it.
+func holdArg(seen []byte) string {
+	h, _, err := decodeHeader(seen)
+	if err != nil || h.kind != kindTombstone || !h.versioned {
+		return ""
+	}
+	return strconv.FormatUint(h.ttl, 10)
 }
 
 // leaseStamp returns the header of a lease on a key of namespace generation

@@ -402,3 +402,92 @@ func TestPlainInvalidateKeepsFloorWithoutScripts(t *testing.T) {
 	require.NoError(t, c.Invalidate(ctx, keys[0]))
 	f.requireFloor(keys[0], 3)
 }
+
+// An early refresh must not fill an older row than the value it refreshes
+// records (a loader reading a lagging replica): the value's version is the
+// refresh lease's floor.
+func TestEarlyRefreshKeepsVersionFloor(t *testing.T) {
+	f := newItems(t)
+	ctx := context.Background()
+	replica := laggingReplica(t, f.db) // still at version 1
+	f.update(1, "b", 2)
+	c := f.cache(&cache.Options{EarlyRefresh: 1e12}) // every hit refreshes
+	key := f.key("item", 1)
+	it, err := cache.Fetch(ctx, c, key, f.itemLoader(f.db, 1)) // fills version 2
+	require.NoError(t, err)
+	require.Equal(t, int64(2), it.Version)
+
+	it, err = cache.Fetch(ctx, c, key, f.itemLoader(replica, 1)) // a hit; the refresh reads the replica
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), it.Version)
+	require.NoError(t, c.Close()) // waits for the refresh
+	assert.Equal(t, uint64(1), c.Stats().EarlyRefreshes)
+	assert.Equal(t, uint64(1), c.Stats().FillsRefused, "the older row was refused")
+
+	it, err = cache.Fetch(ctx, f.cache(nil), key, mustNotLoadItem(t))
+	require.NoError(t, err)
+	assert.Equal(t, item{ID: 1, Name: "b", Version: 2}, it, "the refreshed value stays")
+}
+
+// A hold (a WriteStrong or TombstoneTTL window kept over a floor, see
+// KeepVersionFloors) written by a process whose clock runs behind the
+// reader's by more than the hold: by the reader's clock it is over, by
+// Redis's it is not. Redis's clock decides: nothing fills through it.
+func TestHoldDecidedByRedisClock(t *testing.T) {
+	f := newItems(t)
+	ctx := context.Background()
+	c := f.cache(nil)
+	const life, hold = 60_000, 10_000 // ms
+	writerNow := uint64(time.Now().Add(-20 * time.Second).UnixMilli())
+	stone := cache.VersionedHold(1, writerNow+hold, life-hold)
+	k1, k2 := f.key("item", 1), f.key("item", 2)
+	for _, k := range []string{k1, k2} {
+		require.NoError(t, f.rdb.Set(ctx, k, stone, life*time.Millisecond).Err())
+	}
+
+	it, err := cache.Fetch(ctx, c, k1, f.itemLoader(f.db, 1))
+	require.NoError(t, err)
+	assert.Equal(t, "a", it.Name)
+	m, err := cache.FetchMany(ctx, c, []string{k2}, func(ctx context.Context, keys []string) (map[string]item, error) {
+		it, err := f.itemLoader(f.db, 1)(ctx)
+		return map[string]item{k2: it}, err
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "a", m[k2].Name)
+	for _, k := range []string{k1, k2} {
+		raw, err := f.rdb.Get(ctx, k).Bytes()
+		require.NoError(t, err)
+		assert.Equal(t, "tombstone", cache.KindOf(raw), "%s: nothing filled through the hold", k)
+	}
+}
+
+// A versioned tombstone for an earlier commit of the row (the binlog
+// invalidator catching up) that lands while WriteStrong's fn runs must
+// not end WriteStrong's hold: a reader would fill the old row during fn,
+// and serve it after the commit (read-your-writes lost).
+func TestVersionedTombstoneKeepsWriteStrongHold(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		f := newItems(t)
+		ctx := context.Background()
+		writer := f.cache(&cache.Options{KeepVersionFloors: keep})
+		binlog, reader := f.cache(&cache.Options{KeepVersionFloors: keep}), f.cache(&cache.Options{KeepVersionFloors: keep})
+		key := f.key("item", 1)
+		_, err := cache.Fetch(ctx, reader, key, f.itemLoader(f.db, 1)) // records version 1
+		require.NoError(t, err)
+
+		require.NoError(t, writer.WriteStrong(ctx, []string{key}, func(ctx context.Context) error {
+			require.NoError(t, binlog.InvalidateVersions(ctx, cache.KeyVersion{Key: key, Version: 1}))
+			it, err := cache.Fetch(ctx, reader, key, f.itemLoader(f.db, 1))
+			require.NoError(t, err)
+			assert.Equal(t, "a", it.Name, "not committed yet")
+			raw, err := f.rdb.Get(ctx, key).Bytes()
+			require.NoError(t, err)
+			assert.Equal(t, "tombstone", cache.KindOf(raw), "keep floors %v: nothing filled during the write", keep)
+			_, err = f.db.ExecContext(ctx, "UPDATE items SET name = 'b', version = 2 WHERE id = 1")
+			return err
+		}))
+		it, err := cache.Fetch(ctx, reader, key, f.itemLoader(f.db, 1))
+		require.NoError(t, err)
+		assert.Equal(t, "b", it.Name)
+	}
+}

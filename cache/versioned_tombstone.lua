@@ -9,8 +9,57 @@
 -- (a versioned tombstone, a lease taken over one, a value that recorded its
 -- version), a tombstone stays at that version. A versioned tombstone already
 -- at a higher version is left as it is and 0 is returned; otherwise 1.
+-- A hold in the key (a plain tombstone, or a versioned one whose time to
+-- live exceeds the floor's own life: WriteStrong, TombstoneTTL) is kept:
+-- the new tombstone lives that much longer, and its header's ttl (the
+-- floor's own life) stays ARGV[2], so readers still see the hold (see
+-- lease.lua). Replacing it would let a reader fill the old row while the
+-- write runs.
 local new = ARGV[1]
 local cur = redis.pcall('GET', KEYS[1])
+local px = tonumber(ARGV[2])
+
+-- uvarint reads the unsigned varint at byte i of s; it returns the value
+-- and the index after it, or nil for bytes that end too soon.
+local function uvarint(s, i)
+  local n, m = 0, 1
+  while true do
+    local b = string.byte(s, i)
+    if not b then
+      return nil, i
+    end
+    i = i + 1
+    n = n + (b % 128) * m
+    if b < 128 then
+      return n, i
+    end
+    m = m * 128
+  end
+end
+
+if type(cur) == 'string' and #cur >= 3 and string.byte(cur, 1) == 0xCA and string.byte(cur, 2) == 1 then
+  local kind, hold = string.byte(cur, 3), 0
+  if kind == 0x04 then
+    hold = redis.call('PTTL', KEYS[1])
+  elseif kind == 0x84 then
+    -- header after the row version: nsGen, allGen, filled, ttl
+    local v, i = nil, 12
+    for _ = 1, 4 do
+      if i then
+        v, i = uvarint(cur, i)
+      end
+      if not v then
+        i = nil
+      end
+    end
+    if v then
+      hold = redis.call('PTTL', KEYS[1]) - v
+    end
+  end
+  if hold > 0 then
+    px = px + hold
+  end
+end
 if type(cur) == 'string' and #cur >= 11 and string.byte(cur, 1) == 0xCA
     and string.byte(cur, 2) == 1 and string.byte(cur, 3) >= 0x80 then
   local higher = false
@@ -28,5 +77,5 @@ if type(cur) == 'string' and #cur >= 11 and string.byte(cur, 1) == 0xCA
     new = string.sub(new, 1, 3) .. string.sub(cur, 4, 11) .. string.sub(new, 12)
   end
 end
-redis.call('SET', KEYS[1], new, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], new, 'PX', px)
 return 1
