@@ -587,3 +587,34 @@ func TestUnconvertedValueBumpsTheTable(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "row, load 2", v, "the update invalidated the application's key")
 }
+
+// TestFloatKeys pins note 3 of the package documentation: the stream has
+// a FLOAT's stored value, which the application reads exactly only with
+// prepared statements; over the text protocol the server rounds it to 6
+// significant digits.
+func TestFloatKeys(t *testing.T) {
+	t.Parallel()
+	db, schema := env.NewDatabase(t)
+	exec(t, db, "CREATE TABLE fl (id INT PRIMARY KEY, f FLOAT)")
+	c := stream(t, rootConfig(t), nil, schema, masterPos(t, env.Admin()))
+	exec(t, db, "INSERT INTO fl VALUES (1, 3.402823e38), (2, -1.175494e-38), (3, 1.2345678), (4, 0.1)")
+	rows := c.next().Rows
+	require.Len(t, rows, 4)
+	app := appDB(t, schema, true)
+	for _, r := range rows {
+		id := r.After["id"].(int64)
+		got, err := templateKeys(t, r, "k:{f}")
+		require.NoError(t, err)
+		var prepared, text any
+		require.NoError(t, app.QueryRow("SELECT f FROM fl WHERE id = ?", id).Scan(&prepared))
+		require.NoError(t, app.QueryRow("SELECT f FROM fl WHERE id = "+strconv.FormatInt(id, 10)).Scan(&text))
+		p, _ := appText(prepared)
+		assert.Equal(t, []string{"k:" + p}, got, "row %d, prepared statement", id)
+		tx, _ := appText(text)
+		if id == 4 {
+			assert.Equal(t, []string{"k:" + tx}, got, "0.1 has fewer than 7 digits: the text protocol agrees")
+		} else {
+			assert.NotEqual(t, []string{"k:" + tx}, got, "row %d: the text protocol rounds", id)
+		}
+	}
+}
