@@ -240,13 +240,15 @@ func TestKeysFromText(t *testing.T) {
 }
 
 // TestEveryCharacterOfEveryCharset stores every byte of every single-byte
-// character set the server has, and every two-byte character of gbk, and
-// reads them back with SELECT and from the stream.
+// character set the server has, and every two-byte character of gbk,
+// euckr, gb2312, sjis and cp932, and reads them back with SELECT and
+// from the stream.
 func TestEveryCharacterOfEveryCharset(t *testing.T) {
 	t.Parallel()
 	var names []string
 	rows, err := env.Admin().Query(`SELECT CHARACTER_SET_NAME FROM information_schema.CHARACTER_SETS
-		WHERE MAXLEN = 1 AND CHARACTER_SET_NAME <> 'binary' OR CHARACTER_SET_NAME = 'gbk' ORDER BY 1`)
+		WHERE MAXLEN = 1 AND CHARACTER_SET_NAME <> 'binary'
+		OR CHARACTER_SET_NAME IN ('gbk', 'euckr', 'gb2312', 'sjis', 'cp932') ORDER BY 1`)
 	require.NoError(t, err)
 	for rows.Next() {
 		var n string
@@ -257,27 +259,39 @@ func TestEveryCharacterOfEveryCharset(t *testing.T) {
 	require.Contains(t, names, "latin1")
 	require.Contains(t, names, "cp1251")
 	require.Contains(t, names, "gbk")
-	require.Greater(t, len(names), 20)
+	require.Contains(t, names, "sjis")
+	require.Greater(t, len(names), 25)
 
 	var all []byte
 	for b := range 256 {
 		all = append(all, byte(b))
 	}
-	var pairs []byte
-	for l := 0x81; l <= 0xfe; l++ {
-		for t := 0x40; t <= 0xfe; t++ {
-			if t != 0x7f {
-				pairs = append(pairs, byte(l), byte(t))
-			}
-		}
+	// The lead bytes of the two-byte character sets, from the server's
+	// ismbchar functions.
+	twoByte := map[string]func(byte) bool{
+		"gbk":    func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+		"euckr":  func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+		"gb2312": func(b byte) bool { return b >= 0xa1 && b <= 0xf7 },
+		"sjis":   func(b byte) bool { return b >= 0x81 && b <= 0x9f || b >= 0xe0 && b <= 0xfc },
+		"cp932":  func(b byte) bool { return b >= 0x81 && b <= 0x9f || b >= 0xe0 && b <= 0xfc },
 	}
 	ddl := "CREATE TABLE every (id INT PRIMARY KEY"
 	ins := "INSERT INTO every VALUES (1"
 	for _, n := range names {
 		ddl += fmt.Sprintf(", `%s` MEDIUMTEXT CHARACTER SET %s", n, n)
 		b := all
-		if n == "gbk" {
-			b = append(all[:0x80:0x80], pairs...)
+		if lead := twoByte[n]; lead != nil {
+			b = nil
+			for c := range 256 {
+				if !lead(byte(c)) {
+					b = append(b, byte(c))
+				}
+			}
+			for l := range 256 {
+				for t := 0x40; t < 0x100 && lead(byte(l)); t++ {
+					b = append(b, byte(l), byte(t))
+				}
+			}
 		}
 		ins += fmt.Sprintf(", CONVERT(X'%X' USING %s)", b, n)
 	}
