@@ -143,9 +143,8 @@
 //     character set with characters of three or more bytes (ujis,
 //     eucjpms, ucs2, utf16, utf32, gb18030, ...) or in big5, and a
 //     BINARY(16) or BINARY(4) column of an event that no longer matches
-//     the live schema (MariaDB
-//     logs INET6, UUID and INET4 as BINARY(16) and BINARY(4); only
-//     information_schema tells them apart). Raw has no String method:
+//     the live schema (MariaDB logs INET6, UUID and INET4 as BINARY(16)
+//     and BINARY(4); only information_schema tells them apart). Raw has no String method:
 //     package invalidate refuses to build a key from it and invalidates
 //     the whole table instead, never a key that may be wrong.
 //
