@@ -26,9 +26,10 @@ import (
 // one outcome a key must never have.
 //
 // Character sets with characters of three or more bytes (ujis, eucjpms,
-// utf16, utf32, ucs2, gb18030, ...) are not converted: their values arrive
-// as Raw, which key templates refuse, so their tables are invalidated
-// whole instead.
+// utf16, utf32, ucs2, gb18030, ...) and big5 (whose stored text the
+// tables built this way did not cover) are not converted: their values
+// arrive as Raw, which key templates refuse, so their tables are
+// invalidated whole instead.
 
 // charset converts the text of one character set to UTF-8.
 type charset struct {
@@ -44,11 +45,15 @@ type charset struct {
 	lead   func(b byte) bool // nil for single-byte character sets
 }
 
-// twoByteLeads are the character sets whose characters are one byte
-// below 0x80 and two bytes from a lead byte on, with the lead bytes of
-// each (from the server's ismbchar functions).
+// twoByteLeads are the character sets whose characters are one byte, or
+// two from a lead byte on, with the lead bytes of each (from the server's
+// ismbchar functions).
 var twoByteLeads = map[string]func(byte) bool{
-	"gbk": func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+	"gbk":    func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+	"euckr":  func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+	"gb2312": func(b byte) bool { return b >= 0xa1 && b <= 0xf7 },
+	"sjis":   func(b byte) bool { return b >= 0x81 && b <= 0x9f || b >= 0xe0 && b <= 0xfc },
+	"cp932":  func(b byte) bool { return b >= 0x81 && b <= 0x9f || b >= 0xe0 && b <= 0xfc },
 }
 
 const doubleBase = 0x8000

@@ -23,7 +23,8 @@ type Config struct {
 	Addr string
 	// User and Password are the replication user's credentials. The user
 	// needs REPLICATION SLAVE and REPLICATION CLIENT on *.*, and SELECT
-	// when the server logs minimal row metadata:
+	// when the server logs minimal row metadata or tables have BINARY(16)
+	// or BINARY(4) columns (which may be MariaDB's INET6, UUID or INET4):
 	//
 	//	CREATE USER 'cacheaside'@'%' IDENTIFIED BY '...';
 	//	GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'cacheaside'@'%';

@@ -1,11 +1,14 @@
 package binlog
 
 import (
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestColumnValue(t *testing.T) {
@@ -112,4 +115,88 @@ func TestBackoff(t *testing.T) {
 	}
 	b.reset()
 	assert.LessOrEqual(t, b.next(), 100*time.Millisecond)
+}
+
+func TestInet6Text(t *testing.T) {
+	// MariaDB's spelling (checked against SELECT in TestKeysFromMariaDBTypes).
+	for hex, want := range map[string]string{
+		"00000000000000000000000000000000": "::",
+		"00000000000000000000000000000001": "::1",
+		"00000000000000000000ffff01020304": "::ffff:1.2.3.4",
+		"00000000000000000000000001020304": "::1.2.3.4",
+		"20010db8000000000000000000000001": "2001:db8::1",
+		"00010000000200030004000500060007": "1::2:3:4:5:6:7",
+		"00010000000000020000000000000003": "1:0:0:2::3",
+		"00010000000000000000000000000000": "1::",
+		"ffffffffffffffffffffffffffffffff": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+	} {
+		b := make([]byte, 16)
+		for i := range b {
+			x, err := strconv.ParseUint(hex[2*i:2*i+2], 16, 8)
+			require.NoError(t, err)
+			b[i] = byte(x)
+		}
+		assert.Equal(t, want, inet6Text(b), hex)
+	}
+}
+
+func TestCharsetDecode(t *testing.T) {
+	single := new([256]rune)
+	for i := range single {
+		single[i] = rune(i)
+	}
+	single[0x98] = '?'
+	single[0x99] = -1
+	cs := &charset{name: "x", single: single}
+	s, ok := cs.decode([]byte("a\x00\xe9\x98"))
+	assert.True(t, ok)
+	assert.Equal(t, "a\x00é?", s)
+	_, ok = cs.decode([]byte{'a', 0x99})
+	assert.False(t, ok, "a byte without an exact conversion")
+
+	double := make([]rune, 0x10000-doubleBase)
+	for i := range double {
+		double[i] = -1
+	}
+	double[0x8140-doubleBase] = '丂'
+	two := &charset{name: "y", single: single, double: double, lead: func(b byte) bool { return b >= 0x81 }}
+	s, ok = two.decode([]byte("a\x81\x40b"))
+	assert.True(t, ok)
+	assert.Equal(t, "a丂b", s)
+	_, ok = two.decode([]byte("a\x81"))
+	assert.False(t, ok, "a lead byte at the end")
+	_, ok = two.decode([]byte("\x81\x41"))
+	assert.False(t, ok, "a pair the server does not read as one character")
+	_, ok = (&charset{name: "ujis"}).decode([]byte("a"))
+	assert.False(t, ok, "a character set without tables")
+}
+
+// FuzzParseTime: a DATETIME or DATE text becomes a time.Time only when
+// that time prints back as the same text; anything else stays the text.
+func FuzzParseTime(f *testing.F) {
+	for _, s := range []string{"2024-02-29", "2024-02-30", "0000-00-00 00:00:00.000", "1969-07-20 20:17:40.000001",
+		"9999-12-31 23:59:59.999999", "0000-01-01", "2023-02-29 23:59:59.9", "2024-1-01", "2024-12-31 24:00:00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		switch v := parseTime(s).(type) {
+		case string:
+			if v != s {
+				t.Fatalf("%q became the text %q", s, v)
+			}
+		case time.Time:
+			layout := "2006-01-02"
+			if len(s) > 10 {
+				layout = "2006-01-02 15:04:05"
+			}
+			if len(s) > 20 {
+				layout += "." + strings.Repeat("0", len(s)-20)
+			}
+			if got := v.Format(layout); got != s {
+				t.Fatalf("%q read as %v, which prints %q", s, v, got)
+			}
+		default:
+			t.Fatalf("%q became a %T", s, v)
+		}
+	})
 }

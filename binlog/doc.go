@@ -136,15 +136,15 @@
 //     right for most bytes and silently wrong for some. The character set
 //     comes from the table map (binlog_row_metadata=FULL) or from
 //     information_schema, read again after a DDL of the table. Every
-//     single-byte character set and gbk are converted; binary stays
-//     bytes.
+//     single-byte character set, and gbk, gb2312, euckr, sjis and cp932,
+//     are converted (each checked character by character against the
+//     server by the tests); binary stays bytes.
 //  8. Raw carries a value that cannot be converted exactly: text in a
 //     character set with characters of three or more bytes (ujis,
-//     eucjpms, ucs2, utf16, utf32, gb18030, ...) or two-byte ones other
-//     than gbk (big5, sjis, euckr, ...), and a BINARY(16) or BINARY(4)
-//     column of an event that no longer matches the live schema (MariaDB
-//     logs INET6, UUID and INET4 as BINARY(16) and BINARY(4); only
-//     information_schema tells them apart). Raw has no String method:
+//     eucjpms, ucs2, utf16, utf32, gb18030, ...) or in big5, and a
+//     BINARY(16) or BINARY(4) column of an event that no longer matches
+//     the live schema (MariaDB logs INET6, UUID and INET4 as BINARY(16)
+//     and BINARY(4); only information_schema tells them apart). Raw has no String method:
 //     package invalidate refuses to build a key from it and invalidates
 //     the whole table instead, never a key that may be wrong.
 //

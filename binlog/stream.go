@@ -224,7 +224,9 @@ func (s *Stream) session(ctx context.Context, info serverInfo, pos *Position, h 
 	s.opts.Logger.Debug("binlog: connected", slog.String("position", pos.String()))
 	a := &assembler{
 		// The schema cache is asked only for tables whose table maps lack
-		// names, signedness or charsets.
+		// names, signedness or charsets, or have a BINARY(16) or BINARY(4)
+		// column (MariaDB's INET6, UUID and INET4 look the same in the
+		// log); its character set tables are read once per Run.
 		dec:        newDecoder(schema, s.opts.Include),
 		maxRows:    s.opts.MaxTxRows,
 		include:    s.opts.Include,

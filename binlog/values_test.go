@@ -240,13 +240,15 @@ func TestKeysFromText(t *testing.T) {
 }
 
 // TestEveryCharacterOfEveryCharset stores every byte of every single-byte
-// character set the server has, and every two-byte character of gbk, and
-// reads them back with SELECT and from the stream.
+// character set the server has, and every two-byte character of gbk,
+// euckr, gb2312, sjis and cp932, and reads them back with SELECT and
+// from the stream.
 func TestEveryCharacterOfEveryCharset(t *testing.T) {
 	t.Parallel()
 	var names []string
 	rows, err := env.Admin().Query(`SELECT CHARACTER_SET_NAME FROM information_schema.CHARACTER_SETS
-		WHERE MAXLEN = 1 AND CHARACTER_SET_NAME <> 'binary' OR CHARACTER_SET_NAME = 'gbk' ORDER BY 1`)
+		WHERE MAXLEN = 1 AND CHARACTER_SET_NAME <> 'binary'
+		OR CHARACTER_SET_NAME IN ('gbk', 'euckr', 'gb2312', 'sjis', 'cp932') ORDER BY 1`)
 	require.NoError(t, err)
 	for rows.Next() {
 		var n string
@@ -257,27 +259,39 @@ func TestEveryCharacterOfEveryCharset(t *testing.T) {
 	require.Contains(t, names, "latin1")
 	require.Contains(t, names, "cp1251")
 	require.Contains(t, names, "gbk")
-	require.Greater(t, len(names), 20)
+	require.Contains(t, names, "sjis")
+	require.Greater(t, len(names), 25)
 
 	var all []byte
 	for b := range 256 {
 		all = append(all, byte(b))
 	}
-	var pairs []byte
-	for l := 0x81; l <= 0xfe; l++ {
-		for t := 0x40; t <= 0xfe; t++ {
-			if t != 0x7f {
-				pairs = append(pairs, byte(l), byte(t))
-			}
-		}
+	// The lead bytes of the two-byte character sets, from the server's
+	// ismbchar functions.
+	twoByte := map[string]func(byte) bool{
+		"gbk":    func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+		"euckr":  func(b byte) bool { return b >= 0x81 && b <= 0xfe },
+		"gb2312": func(b byte) bool { return b >= 0xa1 && b <= 0xf7 },
+		"sjis":   func(b byte) bool { return b >= 0x81 && b <= 0x9f || b >= 0xe0 && b <= 0xfc },
+		"cp932":  func(b byte) bool { return b >= 0x81 && b <= 0x9f || b >= 0xe0 && b <= 0xfc },
 	}
 	ddl := "CREATE TABLE every (id INT PRIMARY KEY"
 	ins := "INSERT INTO every VALUES (1"
 	for _, n := range names {
 		ddl += fmt.Sprintf(", `%s` MEDIUMTEXT CHARACTER SET %s", n, n)
 		b := all
-		if n == "gbk" {
-			b = append(all[:0x80:0x80], pairs...)
+		if lead := twoByte[n]; lead != nil {
+			b = nil
+			for c := range 256 {
+				if !lead(byte(c)) {
+					b = append(b, byte(c))
+				}
+			}
+			for l := range 256 {
+				for t := 0x40; t < 0x100 && lead(byte(l)); t++ {
+					b = append(b, byte(l), byte(t))
+				}
+			}
 		}
 		ins += fmt.Sprintf(", CONVERT(X'%X' USING %s)", b, n)
 	}
@@ -587,4 +601,35 @@ func TestUnconvertedValueBumpsTheTable(t *testing.T) {
 	v, err = cache.Fetch(ctx, c, key, load)
 	require.NoError(t, err)
 	assert.Equal(t, "row, load 2", v, "the update invalidated the application's key")
+}
+
+// TestFloatKeys pins note 3 of the package documentation: the stream has
+// a FLOAT's stored value, which the application reads exactly only with
+// prepared statements; over the text protocol the server rounds it to 6
+// significant digits.
+func TestFloatKeys(t *testing.T) {
+	t.Parallel()
+	db, schema := env.NewDatabase(t)
+	exec(t, db, "CREATE TABLE fl (id INT PRIMARY KEY, f FLOAT)")
+	c := stream(t, rootConfig(t), nil, schema, masterPos(t, env.Admin()))
+	exec(t, db, "INSERT INTO fl VALUES (1, 3.402823e38), (2, -1.175494e-38), (3, 1.2345678), (4, 0.1)")
+	rows := c.next().Rows
+	require.Len(t, rows, 4)
+	app := appDB(t, schema, true)
+	for _, r := range rows {
+		id := r.After["id"].(int64)
+		got, err := templateKeys(t, r, "k:{f}")
+		require.NoError(t, err)
+		var prepared, text any
+		require.NoError(t, app.QueryRow("SELECT f FROM fl WHERE id = ?", id).Scan(&prepared))
+		require.NoError(t, app.QueryRow("SELECT f FROM fl WHERE id = "+strconv.FormatInt(id, 10)).Scan(&text))
+		p, _ := appText(prepared)
+		assert.Equal(t, []string{"k:" + p}, got, "row %d, prepared statement", id)
+		tx, _ := appText(text)
+		if id == 4 {
+			assert.Equal(t, []string{"k:" + tx}, got, "0.1 has fewer than 7 digits: the text protocol agrees")
+		} else {
+			assert.NotEqual(t, []string{"k:" + tx}, got, "row %d: the text protocol rounds", id)
+		}
+	}
 }

@@ -142,7 +142,9 @@ func (t *template) expand(image map[string]any) (key string, ok bool, err error)
 // formatValue renders a column value, as package binlog delivers it (int64,
 // uint64, float, string, []byte, time.Time), the way repository code usually
 // prints it: integers in decimal (unsigned stay unsigned), decimals as the server
-// prints them, text as is, times in UTC.
+// prints them, text as is, times in UTC. binlog's package documentation has
+// the table of what each column type prints, next to what go-sql-driver
+// returns for it. A binlog.Raw is refused with errInexact.
 func formatValue(v any, format string) (string, error) {
 	var s string
 	switch x := v.(type) {
