@@ -93,17 +93,45 @@ func reportBitmapBytes(b *testing.B, f *bloom.Filter) {
 	b.ReportMetric(float64(size)/benchKeys, "bytes/key")
 }
 
-// BenchmarkAdd is one key added per call: one round trip that reads the
-// parameters, sets the bits and publishes them.
+// BenchmarkAdd is one key added per call: one round trip that runs the
+// add script (check the listed versions, set the bits, count and publish
+// them), with and without a local copy to update, paired with a raw
+// go-redis GET in the same run.
 func BenchmarkAdd(b *testing.B) {
 	ctx := context.Background()
-	f := warmBench(b, fastOpts(benchKeys))
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		if err := f.Add(ctx, "new:"+strconv.Itoa(i)); err != nil {
-			b.Fatal(err)
+	b.Run("redis", func(b *testing.B) {
+		f := warmBench(b, fastOpts(benchKeys))
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if err := f.Add(ctx, "new:"+strconv.Itoa(i)); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
+	b.Run("local", func(b *testing.B) {
+		opts := fastOpts(benchKeys)
+		opts.Local = true
+		opts.ParamsRefresh = time.Minute
+		f := warmBench(b, opts)
+		runLocal(b, f)
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if err := f.Add(ctx, "new:"+strconv.Itoa(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("raw-GET", func(b *testing.B) {
+		rdb := env.RedisClient(b)
+		k := env.Prefix(b) + "k"
+		require.NoError(b, rdb.Set(ctx, k, "\x01N\x00\x00\x00\x00\x00\x00\x00\x00", time.Hour).Err())
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := rdb.Get(ctx, k).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // BenchmarkWarm is a build of 100,000 keys (read into a local filter, one

@@ -3,6 +3,7 @@ package bloom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -328,4 +329,17 @@ func TestNoFalseNegativesAcrossInstances(t *testing.T) {
 func TestRunNeedsLocal(t *testing.T) {
 	f, _ := newFilter(t, env.Prefix(t)+"bloom", fastOpts(1000))
 	assert.True(t, errors.Is(f.Run(context.Background()), bloom.ErrNoLocal))
+}
+
+// TestClusterKeyNeedsHashTag: on a Redis Cluster the scripts touch the
+// hash, the bitmaps and the channel at once, so they must share a slot.
+func TestClusterKeyNeedsHashTag(t *testing.T) {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{env.RedisAddr()}})
+	t.Cleanup(func() { cc.Close() })
+	f := bloom.New(cc, "users:bloom", nil)
+	err := f.Add(context.Background(), "user:1")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "hash tag")
+	assert.True(t, f.MayContain(context.Background(), "user:1"), "a misconfigured filter fails open")
+	assert.NotContains(t, fmt.Sprint(bloom.New(cc, "{users}:bloom", nil).Check(context.Background())), "hash tag")
 }

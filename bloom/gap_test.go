@@ -108,3 +108,18 @@ func TestLocalCopyKeysDeletedWithoutDisconnect(t *testing.T) {
 		"the copy answers from a version whose keys are gone")
 	assert.ErrorIs(t, local.Check(ctx), bloom.ErrNotWarm)
 }
+
+// TestLocalCopyBitmapDeletedWithoutAdds: the current bitmap alone is
+// deleted and nobody adds: the periodic check takes the copy out of
+// service.
+func TestLocalCopyBitmapDeletedWithoutAdds(t *testing.T) {
+	ctx := context.Background()
+	key := env.Prefix(t) + "bloom"
+	other, local, rdb := newLocalPair(t, key, 2000)
+	require.NoError(t, other.Warm(ctx, keyRange("user:", 0, 2000)))
+	absent := absentKey(t, other)
+	require.Eventually(t, func() bool { return !local.MayContain(ctx, absent) && local.Stats().Local > 0 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, rdb.Del(ctx, other.BitmapKey(other.Stats().Version)).Err())
+	assert.Eventually(t, func() bool { return local.MayContain(ctx, absent) }, 5*time.Second, time.Millisecond,
+		"the copy answers from a bitmap that is gone")
+}

@@ -294,6 +294,17 @@ func (f *Filter) ping(ctx context.Context, ps *redis.PubSub, answered *atomic.Ui
 				id = st.cur.id
 				seq, _ = strconv.ParseUint(h[seqField(id)], 10, 64)
 			}
+			if lc := f.local.Load(); lc != nil && lc.v.id == id {
+				// A bitmap deleted alone (eviction, DEL) leaves the hash as
+				// it was: report it as no version, which the copy drops.
+				n, err := f.rdb.Exists(ctx, f.bitmapKey(id)).Result()
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					id, seq = 0, 0
+				}
+			}
 			return ps.Ping(ctx, "chk:"+strconv.FormatUint(n, 10)+":"+strconv.FormatUint(id, 10)+":"+strconv.FormatUint(seq, 10))
 		}()
 		if err != nil {
