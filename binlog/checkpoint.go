@@ -6,7 +6,9 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -223,3 +225,54 @@ func (s *Stream) Check(ctx context.Context) error {
 // new connection (a network error, a server restarting). Everything else
 // (access denied, a wrong setting, a lost position) will not.
 func Transient(err error) bool { return transient(err) }
+
+// ServerIdentity names the server the stream reads, for a checkpoint to
+// record beside its position: "uuid=<server_uuid>" on MySQL,
+// "server_id=<id>" on MariaDB, which has no server_uuid, each followed by
+// " domains=<GTID domain ids>" when the server has GTIDs. A file/offset
+// position means nothing on another server; a GTID position may resume on
+// any server whose GTID history holds it (a promoted replica).
+func (s *Stream) ServerIdentity(ctx context.Context) (string, error) {
+	db := sql.OpenDB(s.connector())
+	defer db.Close()
+	var uuid, id, gtid sql.NullString
+	err := db.QueryRowContext(ctx, "SELECT @@server_id").Scan(&id)
+	if err == nil {
+		// MariaDB has no server_uuid and MySQL no gtid_binlog_pos: ask for each alone.
+		if db.QueryRowContext(ctx, "SELECT @@server_uuid").Scan(&uuid) != nil {
+			uuid = sql.NullString{}
+		}
+		if db.QueryRowContext(ctx, "SELECT @@gtid_binlog_pos").Scan(&gtid) != nil {
+			err = db.QueryRowContext(ctx, "SELECT @@gtid_executed").Scan(&gtid)
+		}
+	}
+	if err != nil {
+		return "", s.redact(fmt.Errorf("binlog: server identity: %w", err))
+	}
+	ident := "server_id=" + id.String
+	if uuid.Valid && uuid.String != "" {
+		ident = "uuid=" + uuid.String
+	}
+	if d := gtidDomains(gtid.String); d != "" {
+		ident += " domains=" + d
+	}
+	return ident, nil
+}
+
+// gtidDomains returns the sorted, comma-separated domains of a MariaDB GTID
+// position ("0-1-5,2-1-9" -> "0,2"), or the source UUIDs of a MySQL GTID set.
+func gtidDomains(set string) string {
+	var ds []string
+	for _, part := range strings.Split(strings.Join(strings.Fields(set), ""), ",") {
+		if part == "" {
+			continue
+		}
+		if i := strings.IndexAny(part, "-:"); i > 0 && part[i] == '-' && !strings.Contains(part, ":") {
+			ds = append(ds, part[:i])
+		} else if i := strings.IndexByte(part, ':'); i > 0 {
+			ds = append(ds, part[:i])
+		}
+	}
+	slices.Sort(ds)
+	return strings.Join(slices.Compact(ds), ",")
+}

@@ -90,7 +90,7 @@ func (inv *Invalidator) apply(ctx context.Context, cl *binlog.Claim, queue <-cha
 		if !pending.IsZero() && !errors.Is(context.Cause(ctx), lock.ErrNotHeld) {
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			defer cancel()
-			if inv.opts.Checkpoints.Advance(sctx, cl, pending, "") == nil {
+			if inv.opts.Checkpoints.Advance(sctx, cl, pending, cl.Server) == nil {
 				inv.stats.setPosition(pending)
 			}
 		}

@@ -281,6 +281,9 @@ func (c *chaos) run(fault func()) {
 	}
 	time.Sleep(chaosDuration / 2)
 	fault()
+	faulted := time.Now()
+	c.s.fence(c.t)
+	c.t.Logf("invalidations flowing again %v after the fault ended", time.Since(faulted).Round(time.Millisecond))
 	time.Sleep(chaosDuration / 2)
 	cancel()
 	wg.Wait()

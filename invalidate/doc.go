@@ -109,6 +109,12 @@
 // checkpoint follow it ("cacheaside:invalidate:{<Name>}:leader" and
 // ":checkpoint", one hash tag so that a Cluster keeps them in one slot).
 // Services or MySQL clusters that share a Redis need names of their own.
+// The checkpoint records the identity of the server its position belongs
+// to (binlog.Stream.ServerIdentity: server_uuid or server_id, and the GTID
+// domains). A file/offset checkpoint met by another server is answered
+// like a lost position (a flush); a GTID checkpoint resumes on another
+// server, which streams from it only if its GTID history holds it and
+// reports a lost position otherwise.
 // Run checks MySQL's settings and the user's privileges before it
 // campaigns (binlog.Stream.Check), so a wrong setting or a missing
 // privilege (REPLICATION CLIENT, say) is an error from Run at start, on a

@@ -237,7 +237,35 @@ func (inv *Invalidator) lead(ctx context.Context, _ uint64) error {
 		return nil // ctx ended
 	}
 	defer inv.stats.setLeader(0)
+	var server string
+	err = inv.retry(ctx, "read the server's identity", func() (err error) {
+		server, err = inv.stream.ServerIdentity(ctx)
+		if err != nil && ctx.Err() == nil && !binlog.Transient(err) {
+			return backoffStop{err}
+		}
+		return err
+	})
+	if stop := (backoffStop{}); errors.As(err, &stop) {
+		return stop.err
+	}
+	if err != nil {
+		return nil // ctx ended
+	}
 	pos, lost := cl.Pos, cl.Pos.IsZero()
+	if !lost && cl.Server != "" && cl.Server != server {
+		if pos.GTIDSet == "" {
+			// A file and offset of another server: nothing to resume from.
+			inv.opts.Logger.Error("invalidate: the checkpoint is a file/offset position of another server",
+				"checkpoint", pos.String(), "checkpoint_server", cl.Server, "server", server)
+			lost = true
+		} else {
+			// A GTID position resumes on a server whose history holds it (a
+			// promoted replica); the server refuses it otherwise (ErrPositionLost).
+			inv.opts.Logger.Warn("invalidate: resuming a GTID checkpoint of another server",
+				"checkpoint", pos.String(), "checkpoint_server", cl.Server, "server", server)
+		}
+	}
+	cl.Server = server // recorded with every save of this leadership
 	inv.opts.Logger.Info("invalidate: leading", "epoch", cl.Epoch, "from", pos.String())
 	for {
 		if lost {
@@ -410,7 +438,7 @@ func (inv *Invalidator) watch(ctx context.Context, progress *atomic.Int64) error
 // leadership: an error matching binlog.ErrCheckpointMoved.
 func (inv *Invalidator) advance(ctx context.Context, cl *binlog.Claim, pos binlog.Position) error {
 	err := inv.retry(ctx, "save checkpoint", func() error {
-		err := inv.opts.Checkpoints.Advance(ctx, cl, pos, "")
+		err := inv.opts.Checkpoints.Advance(ctx, cl, pos, cl.Server)
 		if errors.Is(err, binlog.ErrCheckpointMoved) {
 			return backoffStop{err}
 		}

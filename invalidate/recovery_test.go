@@ -259,3 +259,38 @@ func TestTakeoverAfterLeaderKill(t *testing.T) {
 	t.Logf("LeaderTTL 5s: invalidations flow again %v after the leader's SIGKILL", time.Since(killed).Round(time.Millisecond))
 	assert.True(t, cs.leaderOtherThan(nil))
 }
+
+// The checkpoint records the identity of the server its position belongs
+// to. A file/offset checkpoint met by another server is a lost position (a
+// flush); a GTID checkpoint resumes, since GTIDs name transactions on every
+// server of a replication topology.
+func TestCheckpointOfAnotherServer(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	ctx := context.Background()
+	cpKey := s.prefix + "checkpoint"
+	server := s.rdb.HGet(ctx, cpKey, "server").Val()
+	require.Contains(t, server, "server_id=", "the checkpoint records the server")
+	require.Contains(t, server, "domains=0")
+	for _, tc := range []struct {
+		name    string
+		gtid    bool
+		flushes uint64
+	}{
+		{"file/offset position of another server", false, 1},
+		{"gtid position of another server", true, 0},
+	} {
+		s.stop()
+		p, err := binlog.ParsePosition(s.rdb.HGet(ctx, cpKey, "pos").Val())
+		require.NoError(t, err)
+		if !tc.gtid {
+			p.GTIDSet = ""
+		}
+		require.NoError(t, s.rdb.HSet(ctx, cpKey, "pos", p.String(), "server", "server_id=999 domains=0").Err())
+		s.inv = s.newInvalidator(t)
+		s.stop = s.run(t)
+		assert.Equal(t, tc.flushes, s.inv.Stats().Flushes, tc.name)
+		s.fence(t)
+		assert.Eventually(t, func() bool { return s.rdb.HGet(ctx, cpKey, "server").Val() == server },
+			5*time.Second, time.Millisecond, "saves record this server again")
+	}
+}
