@@ -148,7 +148,7 @@ func run(ctx context.Context, out io.Writer, dsn, addr string) error {
 
 	// The filter knows every user that exists: warmed by a scan now, fed by
 	// the invalidator on every insert.
-	filter := bloom.New(rdb, prefix+"bloom:users", &bloom.Options{ExpectedItems: 100_000})
+	filter := bloom.New(rdb, prefix+"bloom:users", &bloom.Options{ExpectedItems: 100_000, LookupTimeout: 250 * time.Millisecond})
 	c, err := cache.New(rdb, &cache.Options{
 		Prefix: prefix, Filter: filter, TombstoneTTL: 50 * time.Millisecond,
 		RedisTimeout: 250 * time.Millisecond, // no read waits on Redis longer

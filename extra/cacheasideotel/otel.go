@@ -190,6 +190,7 @@ var cacheMetrics = []figure[cache.Stats]{
 	counter("cacheaside.cache.redis_errors", "{error}", "Failed Redis calls.", func(s *cache.Stats) uint64 { return s.Errors }),
 	counter("cacheaside.cache.degraded", "{read}", "Reads answered by the loader without Redis.", func(s *cache.Stats) uint64 { return s.Degraded }),
 	counter("cacheaside.cache.invalidations", "{key}", "Invalidated keys and generation bumps.", func(s *cache.Stats) uint64 { return s.Invalidations }),
+	counter("cacheaside.cache.oom_deletes", "{key}", "Keys invalidated with a plain DEL because Redis refused a tombstone for memory.", func(s *cache.Stats) uint64 { return s.OOMDeletes }),
 	gauge("cacheaside.cache.breaker_open", "1", "1 while the circuit breaker keeps reads away from Redis.", func(s *cache.Stats) float64 { return boolean(s.BreakerOpen) }),
 }
 
@@ -216,6 +217,7 @@ var filterMetrics = []figure[bloom.Stats]{
 	counter("cacheaside.bloom.fail_open", "{lookup}", "Lookups answered \"may contain\" with no filter to ask.", func(s *bloom.Stats) uint64 { return s.FailOpen }),
 	counter("cacheaside.bloom.local", "{lookup}", "Lookups answered by the local copy.", func(s *bloom.Stats) uint64 { return s.Local }),
 	counter("cacheaside.bloom.added", "{key}", "Keys added.", func(s *bloom.Stats) uint64 { return s.Added }),
+	counter("cacheaside.bloom.resyncs", "{reload}", "Times the local copy was taken out of service to reload it.", func(s *bloom.Stats) uint64 { return s.Resyncs }),
 	gauge("cacheaside.bloom.live", "1", "1 while the local copy is loaded and receiving adds.", func(s *bloom.Stats) float64 { return boolean(s.Live) }),
 	gauge("cacheaside.bloom.version", "1", "Current version of the filter, 0 for none.", func(s *bloom.Stats) float64 { return float64(s.Version) }),
 }

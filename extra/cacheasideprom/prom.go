@@ -175,6 +175,7 @@ var cacheMetrics = []metric[cache.Stats]{
 	counter("redis_errors_total", "Failed Redis calls.", func(s *cache.Stats) uint64 { return s.Errors }),
 	counter("degraded_total", "Reads answered by the loader without Redis.", func(s *cache.Stats) uint64 { return s.Degraded }),
 	counter("invalidations_total", "Invalidated keys and generation bumps.", func(s *cache.Stats) uint64 { return s.Invalidations }),
+	counter("oom_deletes_total", "Keys invalidated with a plain DEL because Redis refused a tombstone for memory.", func(s *cache.Stats) uint64 { return s.OOMDeletes }),
 	gauge("breaker_open", "1 while the circuit breaker keeps reads away from Redis.", func(s *cache.Stats) float64 { return boolean(s.BreakerOpen) }),
 }
 
@@ -201,6 +202,7 @@ var filterMetrics = []metric[bloom.Stats]{
 	counter("fail_open_total", "Lookups answered \"may contain\" with no filter to ask.", func(s *bloom.Stats) uint64 { return s.FailOpen }),
 	counter("local_total", "Lookups answered by the local copy.", func(s *bloom.Stats) uint64 { return s.Local }),
 	counter("added_total", "Keys added.", func(s *bloom.Stats) uint64 { return s.Added }),
+	counter("resyncs_total", "Times the local copy was taken out of service to reload it.", func(s *bloom.Stats) uint64 { return s.Resyncs }),
 	gauge("live", "1 while the local copy is loaded and receiving adds.", func(s *bloom.Stats) float64 { return boolean(s.Live) }),
 	gauge("version", "Current version of the filter, 0 for none.", func(s *bloom.Stats) float64 { return float64(s.Version) }),
 }
