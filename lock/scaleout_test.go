@@ -316,16 +316,17 @@ func TestElectionEpochAfterLostWrites(t *testing.T) {
 		stop()
 		require.NoError(t, cl.WaitReplicated(ctx))
 
+		// The deposed leader stops within the window, keeping its epoch for
+		// a late write: left running, it would campaign again once its
+		// refresh found the lock gone, and take an epoch of its own.
 		var deposed uint64
-		var stopDeposed func()
 		_, err = cl.LoseWrites(ctx, m, func(context.Context) error {
+			var stopDeposed func()
 			deposed, stopDeposed = leadOnce(t, e)
+			stopDeposed()
 			return nil
 		})
 		require.NoError(t, err)
-		// The deposed leader stops (its lock may have lived on another
-		// master and survived), keeping its epoch for a late write.
-		stopDeposed()
 		next, stopNext := leadOnce(t, e)
 		defer stopNext()
 		assert.Equal(t, []uint64{1, 2, 2}, []uint64{first, deposed, next}, "the lost INCR is handed out again")
@@ -341,13 +342,13 @@ func TestElectionEpochAfterLostWrites(t *testing.T) {
 		require.NoError(t, s.WaitReplicated(ctx))
 
 		var deposed uint64
-		var stopDeposed func()
 		_, err := s.LoseWrites(ctx, func(context.Context) error {
+			var stopDeposed func()
 			deposed, stopDeposed = leadOnce(t, e)
+			stopDeposed()
 			return nil
 		})
 		require.NoError(t, err)
-		stopDeposed()
 		next, stopNext := leadOnce(t, e)
 		defer stopNext()
 		assert.Equal(t, []uint64{1, 2, 2}, []uint64{first, deposed, next},

@@ -230,7 +230,7 @@ func (c *Cluster) KillMaster(ctx context.Context, master *Redis) (*Redis, error)
 // master's slots and succeed), pauses the master, resumes the replica and
 // makes it take over (CLUSTER FAILOVER TAKEOVER), then resumes the old master,
 // which rejoins as a replica of the new one and drops the writes. It returns
-// the new master.
+// the new master, and an error if the replica had the writes after all.
 func (c *Cluster) LoseWrites(ctx context.Context, master *Redis, write func(ctx context.Context) error) (*Redis, error) {
 	replica, err := c.ReplicaOf(ctx, master)
 	if err != nil {
@@ -248,6 +248,7 @@ func (c *Cluster) LoseWrites(ctx context.Context, master *Redis, write func(ctx 
 		return nil, fmt.Errorf("testenv: cut replication of %s: %w", master.Addr(), err)
 	}
 	werr := write(ctx)
+	written, oerr := infoInt(ctx, mc, "master_repl_offset")
 	if err := master.Pause(); err != nil {
 		_ = replica.Resume()
 		return nil, err
@@ -263,6 +264,9 @@ func (c *Cluster) LoseWrites(ctx context.Context, master *Redis, write func(ctx 
 		return nil, fmt.Errorf("testenv: CLUSTER FAILOVER TAKEOVER on %s: %w", replica.Addr(), err)
 	}
 	perr := c.waitPromoted(ctx, replica, master)
+	if perr == nil && oerr == nil {
+		perr = notReceived(ctx, replica, written)
+	}
 	if err := master.Resume(); err != nil {
 		return nil, err
 	}

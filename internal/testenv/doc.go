@@ -34,6 +34,16 @@
 // machine is failed over: the tests expect roles to move and ask the
 // harness for the current ones.
 //
+// LoseWrites does not race a write against replication: it pauses the
+// replica, has the master drop the replication link, and only then lets
+// the write through, so the write is acknowledged (WAIT reports 0 replicas)
+// and certainly missing on the replica that takes over, in every run. The
+// sentinels are told about each other and about the replica in their
+// configuration files rather than through their hello messages, which
+// would add two seconds to every start. A child started by Env.Child gets
+// CACHEASIDE_REDIS_CLUSTER and CACHEASIDE_REDIS_SENTINEL, so Env.NewRedisOf
+// in the child reaches its parent's cluster and sentinels.
+//
 // StartMySQLReplica starts a MariaDB that replicates another with GTIDs and
 // logs the primary's transactions under their own GTIDs; after the primary
 // is killed, Promote makes it the primary, and a binlog reader goes on from
@@ -44,8 +54,9 @@
 // limited to key patterns and commands, set again after every restart, and
 // Env.RedisUserClient returns a client of any kind logged in as one; a
 // refused command or key is Redis's NOPERM error, which names it.
-// StartRedisTLS serves TLS on a second port, and NewCertificate makes a
-// certificate for 127.0.0.1 in Go whose MariaDBArgs serve TLS from mariadbd.
+// StartRedisTLS serves TLS on a second port (CACHEASIDE_REDIS_KINDS=...,tls
+// adds it to ForEachRedis), and NewCertificate makes a certificate for
+// 127.0.0.1 in Go whose MariaDBArgs serve TLS from mariadbd.
 //
 // With CACHEASIDE_MYSQL_DSN and CACHEASIDE_REDIS_ADDR set, the harness uses
 // those servers instead and offers no fault controls. A missing mariadbd or

@@ -235,7 +235,8 @@ func (s *Sentinel) KillMaster(ctx context.Context) (*Redis, error) {
 // (SIGSTOP), cuts its replication link on the master, runs write (which must
 // succeed), pauses the master, resumes the replica, has a sentinel fail the
 // master over (SENTINEL FAILOVER), then resumes the old master and makes it
-// a replica of the new one, which drops the writes. It returns the new master.
+// a replica of the new one, which drops the writes. It returns the new
+// master, and an error if the replica had the writes after all.
 func (s *Sentinel) LoseWrites(ctx context.Context, write func(ctx context.Context) error) (*Redis, error) {
 	old, err := s.Master(ctx)
 	if err != nil {
@@ -252,6 +253,7 @@ func (s *Sentinel) LoseWrites(ctx context.Context, write func(ctx context.Contex
 		return nil, fmt.Errorf("testenv: cut replication of %s: %w", old.Addr(), err)
 	}
 	werr := write(ctx)
+	written, oerr := infoInt(ctx, mc, "master_repl_offset")
 	if err := old.Pause(); err != nil {
 		_ = promoted.Resume()
 		return nil, err
@@ -261,6 +263,9 @@ func (s *Sentinel) LoseWrites(ctx context.Context, write func(ctx context.Contex
 		return nil, err
 	}
 	ferr := s.failover(ctx, promoted)
+	if ferr == nil && oerr == nil {
+		ferr = notReceived(ctx, promoted, written)
+	}
 	if err := old.Resume(); err != nil {
 		return nil, err
 	}
@@ -373,9 +378,7 @@ func (s *Sentinel) goodReplica(ctx context.Context, replica *Redis) error {
 		}
 		good := false
 		for _, r := range rs {
-			refresh, _ := strconv.Atoi(r["info-refresh"])
-			if r["port"] == strconv.Itoa(replica.Port) && r["flags"] == "slave" &&
-				r["master-link-status"] == "ok" && refresh < 2000 {
+			if r["port"] == strconv.Itoa(replica.Port) && r["flags"] == "slave" && r["master-link-status"] == "ok" {
 				good = true
 			}
 		}
@@ -478,4 +481,19 @@ func infoInt(ctx context.Context, c *redis.Client, field string) (int64, error) 
 		}
 	}
 	return 0, fmt.Errorf("INFO replication has no %s", field)
+}
+
+// notReceived reports an error if promoted had received the master's
+// stream up to offset written when it took over: then LoseWrites lost nothing.
+func notReceived(ctx context.Context, promoted *Redis, written int64) error {
+	c := promoted.client()
+	defer c.Close()
+	second, err := infoInt(ctx, c, "second_repl_offset")
+	if err != nil {
+		return fmt.Errorf("testenv: %s: %w", promoted.Addr(), err)
+	}
+	if second-1 >= written {
+		return fmt.Errorf("testenv: LoseWrites: %s took over at offset %d and had the writes (up to %d)", promoted.Addr(), second-1, written)
+	}
+	return nil
 }
