@@ -2,9 +2,7 @@ package cache_test
 
 import (
 	"context"
-	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,39 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cacheaside/cacheaside/cache"
+	"github.com/cacheaside/cacheaside/internal/testenv"
 )
 
 // hungRedis returns the address of a server that accepts connections and
-// never answers, as a Redis whose process is stopped or whose host is
-// partitioned after the handshake.
-func hungRedis(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, conn)
-			mu.Unlock()
-			go func() { _, _ = io.Copy(io.Discard, conn) }()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
-}
+// never answers, as a Redis whose process is stopped.
+func hungRedis(t *testing.T) string { return testenv.HungRedis(t) }
 
 // deadRedis returns the address of a port where nothing listens any more,
 // as a Redis that was killed.
