@@ -494,10 +494,18 @@ func TestLowerCaseTableNames(t *testing.T) {
 			assert.Contains(t, []string{"users", "people"}, x.Table, q)
 		}
 	}
-	rules, err := invalidate.NewRules(invalidate.Rule{Schema: "app", Table: "users", Keys: []string{"user:{id}"}})
+	exec(t, admin, "CREATE TABLE App.Users (id INT PRIMARY KEY)")
+	// A rule in the application's spelling matches the lower-case names
+	// once Check has read the setting.
+	rules, err := invalidate.NewRules(invalidate.Rule{Schema: "App", Table: "Users", Keys: []string{"user:{id}"}})
 	require.NoError(t, err)
+	assert.False(t, rules.Watches("app", "users"), "names are matched exactly before Check")
+	require.NoError(t, rules.Check(context.Background(), admin))
 	ns, _ := rules.TableWide("app", "users")
 	assert.Equal(t, []string{"user"}, ns)
+	keys, err := rules.Keys(binlog.Row{Schema: "app", Table: "users", Op: binlog.Insert, After: map[string]any{"id": int64(1)}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"user:1"}, keys)
 }
 
 // TestUnconvertedTextInvalidatesTheTable: text in a character set the

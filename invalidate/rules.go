@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/cacheaside/cacheaside/binlog"
@@ -241,7 +242,20 @@ func (rs *Rules) Watches(schema, table string) bool { return len(rs.match(schema
 // such cascaded changes (race R8), so a change to the parent table then
 // invalidates the watched table as a whole. Run Check again after such a
 // foreign key is added.
+//
+// Under lower_case_table_names=1 the server stores, and the binary log
+// names, every database and table in lower case: Check then matches the
+// rules' Schema and Table in lower case too, so a rule written with the
+// application's spelling ("Users") still matches. Without Check, write
+// them in lower case on such a server.
 func (rs *Rules) Check(ctx context.Context, db *sql.DB) error {
+	var lower int
+	if err := db.QueryRowContext(ctx, "SELECT @@lower_case_table_names").Scan(&lower); err != nil {
+		return fmt.Errorf("invalidate: read lower_case_table_names: %w", err)
+	}
+	if lower == 1 {
+		rs.foldNames()
+	}
 	if err := rs.learnCascades(ctx, db); err != nil {
 		return err
 	}
@@ -270,6 +284,20 @@ func (rs *Rules) Check(ctx context.Context, db *sql.DB) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// foldNames keys the rules by their lower-case names, as a server with
+// lower_case_table_names=1 reports them.
+func (rs *Rules) foldNames() {
+	folded := make(map[string][]*compiled, len(rs.byTable))
+	for table, cs := range rs.byTable {
+		lt := strings.ToLower(table)
+		for _, c := range cs {
+			c.Schema, c.Table = strings.ToLower(c.Schema), lt
+		}
+		folded[lt] = append(folded[lt], cs...)
+	}
+	rs.byTable = folded
 }
 
 func qualified(schema, table string) string {
