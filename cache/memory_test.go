@@ -2,10 +2,6 @@ package cache_test
 
 import (
 	"context"
-	"net"
-	"os/exec"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cacheaside/cacheaside/cache"
+	"github.com/cacheaside/cacheaside/internal/testenv"
 )
 
 // startRedisNode starts a Redis of the test's own, for settings that
@@ -21,21 +18,11 @@ import (
 // client of it.
 func startRedisNode(t *testing.T) *redis.Client {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	require.NoError(t, err, "install redis-server")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	srv, err := testenv.StartRedis()
 	require.NoError(t, err)
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", t.TempDir(),
-		"--save", "", "--appendonly", "no", "--protected-mode", "no")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port)})
+	t.Cleanup(func() { _ = srv.Close() })
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	t.Cleanup(func() { rdb.Close() })
-	ctx := context.Background()
-	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil }, 20*time.Second, 20*time.Millisecond)
 	return rdb
 }
 

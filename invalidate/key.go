@@ -59,7 +59,7 @@ func (k Key) Columns() []string {
 
 // Build renders the key from one value per column, in the order of Columns,
 // exactly as the invalidator renders a row image: Go integers of any size
-// print in decimal, strings and []byte as they are (then lower or upper if
+// or named integer type print in decimal, strings and []byte as they are (then lower or upper if
 // the placeholder says so), time.Time in UTC in the placeholder's format.
 // Give each value as the application read it from the database.
 //
@@ -82,7 +82,7 @@ func (k Key) build(values []any) (string, error) {
 	}
 	image := make(map[string]any, len(cols))
 	for i, c := range cols {
-		image[c] = widen(values[i])
+		image[c] = values[i]
 	}
 	s, ok, err := k.t.expand(image)
 	if err != nil {
@@ -92,28 +92,4 @@ func (k Key) build(values []any) (string, error) {
 		return "", fmt.Errorf("invalidate: key %q: a nil value (a NULL column) makes no key", k.t.src)
 	}
 	return s, nil
-}
-
-// widen turns Go integer types into the int64 and uint64 the binlog
-// delivers, so Build(int32(7)) prints what a binlog INT 7 prints.
-func widen(v any) any {
-	switch x := v.(type) {
-	case int:
-		return int64(x)
-	case int8:
-		return int64(x)
-	case int16:
-		return int64(x)
-	case int32:
-		return int64(x)
-	case uint:
-		return uint64(x)
-	case uint8:
-		return uint64(x)
-	case uint16:
-		return uint64(x)
-	case uint32:
-		return uint64(x)
-	}
-	return v
 }

@@ -13,6 +13,12 @@ import (
 	"github.com/cacheaside/cacheaside/invalidate"
 )
 
+// Named types, as repositories declare ids and emails.
+type (
+	userID int64
+	email  string
+)
+
 func TestKeyBuild(t *testing.T) {
 	at := time.Date(2024, 2, 29, 13, 4, 5, 600_000_000, time.FixedZone("CET", 3600))
 	for _, tc := range []struct {
@@ -24,6 +30,8 @@ func TestKeyBuild(t *testing.T) {
 		{"user:{id}", []any{int32(-7)}, "user:-7"},
 		{"user:{id}", []any{uint64(math.MaxUint64)}, "user:18446744073709551615"},
 		{"user:{id}", []any{uint8(255)}, "user:255"},
+		{"user:{id}", []any{userID(42)}, "user:42"},
+		{"user:email:{email|lower}", []any{email("Ann@X.org")}, "user:email:ann@x.org"},
 		{"user:email:{email|lower}", []any{"Ann@Example.COM"}, "user:email:ann@example.com"},
 		{"user:email:{email|upper}", []any{[]byte("ann")}, "user:email:ANN"},
 		{"order:{shop}:{id}", []any{"eu", int64(9)}, "order:eu:9"},

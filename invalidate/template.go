@@ -3,6 +3,7 @@ package invalidate
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -169,7 +170,19 @@ func formatValue(v any, format string) (string, error) {
 	case fmt.Stringer:
 		s = x.String()
 	default:
-		return "", fmt.Errorf("cannot format a %T in a key", v)
+		// Other integer and string kinds (int32, uint8, a named type such
+		// as `type UserID int64`), as a repository passes them to Key.Build:
+		// printed as the binlog's int64, uint64 and string are.
+		switch rv := reflect.ValueOf(v); rv.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			s = strconv.FormatInt(rv.Int(), 10)
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+			s = strconv.FormatUint(rv.Uint(), 10)
+		case reflect.String:
+			s = rv.String()
+		default:
+			return "", fmt.Errorf("cannot format a %T in a key", v)
+		}
 	}
 	switch format {
 	case "":
